@@ -1,0 +1,150 @@
+"""Atomic, verifiable checkpoint folders.
+
+A checkpoint is a folder (``checkpoints/last``, ``checkpoints/best``) holding
+``checkpoint.pt`` (everything needed to resume: model, optimizer, scaler,
+early-stopping state, RNG states, data position, config, tokenizer),
+``config.yaml`` and ``tokenizer.model`` for people and other tools, and
+``manifest.json`` with the sha256 of every file, written last.
+
+Writing never exposes a half-written checkpoint: the new folder is built as
+``.last.tmp`` (each file fsynced, the manifest last), then swapped in with two
+renames (``last`` -> ``.last.old``, ``.last.tmp`` -> ``last``) and the parent
+folder fsynced. A kill between the renames leaves a complete ``.last.tmp``,
+which :func:`locate` promotes. Loading checks the manifest first and always
+unpickles with ``weights_only=True``: a checkpoint may come from a shared
+artifact store and is untrusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+STATE_FILE = "checkpoint.pt"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save(folder: Path, state: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Atomically replace ``folder`` with a checkpoint of ``state`` plus ``files``."""
+    import torch
+
+    folder = Path(folder)
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = parent / f".{folder.name}.tmp", parent / f".{folder.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with open(tmp / STATE_FILE, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    for name, data in files.items():
+        _write_bytes(tmp / name, data)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "step": state.get("step"),
+        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())},
+    }
+    _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _fsync_dir(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: it is incomplete or not a checkpoint; "
+                              "resume from another checkpoint")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is damaged; resume from another checkpoint") from None
+
+
+def verify(folder: Path) -> dict:
+    """Check every file against the manifest; return the manifest."""
+    manifest = _manifest(folder)
+    for name, meta in manifest.get("files", {}).items():
+        p = folder / name
+        if Path(name).name != name:
+            raise CheckpointError(f"checkpoint {folder}: manifest names a path outside the folder ({name!r}); refused")
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {folder} is missing {name}; resume from another checkpoint")
+        if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: {name} does not match its manifest (truncated or "
+                                  "modified); resume from another checkpoint, e.g. checkpoints/best")
+    if STATE_FILE not in manifest.get("files", {}):
+        raise CheckpointError(f"checkpoint {folder}: manifest does not list {STATE_FILE}; not a tracked-train checkpoint")
+    return manifest
+
+
+def locate(folder: Path) -> Path:
+    """The checkpoint folder to read, finishing a swap that a kill interrupted."""
+    folder = Path(folder)
+    if folder.exists():
+        return folder
+    tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
+    if (tmp / MANIFEST).is_file():
+        try:
+            verify(tmp)
+            os.replace(tmp, folder)
+            return folder
+        except CheckpointError:
+            pass
+    if old.exists():
+        os.replace(old, folder)
+        return folder
+    raise CheckpointError(f"no checkpoint at {folder}; the run has not saved one yet")
+
+
+def load(folder: Path) -> dict[str, Any]:
+    """Verify and load ``checkpoint.pt`` from a checkpoint folder (never executing pickled code)."""
+    import pickle
+
+    import torch
+
+    folder = locate(folder)
+    verify(folder)
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {folder} refused: {first}") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {folder} is not a tracked-train checkpoint of format {FORMAT_VERSION}")
+    return state

@@ -1,0 +1,90 @@
+"""Command line: click commands that parse arguments and call into the package.
+
+Heavy libraries (torch, datasets, trackers) are imported inside the commands,
+so ``tracked-train --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+
+def _user_errors(fn):
+    """Bad input: one line on stderr, exit code 2, no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            code = fn(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code or 0)
+    return wrapper
+
+
+SET_HELP = "Override a config key, e.g. --set training.lr=3e-4 (repeatable; an empty value clears an optional key)."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tracked-train")
+def main() -> None:
+    """Train transformer language models with every run tracked, comparable and resumable."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (see experiments/).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--tracker", "trackers", multiple=True, metavar="NAME",
+              help="Tracker backend, repeatable (jsonl is always on; `null` alone records nothing).")
+@click.option("--run-name", help="Name of the run and its folder (default: from key settings and time).")
+@click.option("--output-dir", help="Folder holding run folders (default: runs/).")
+@_user_errors
+def run(config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...], run_name: str | None,
+        output_dir: str | None) -> int:
+    """Train a model; leaves a resumable run folder in OUTPUT_DIR/RUN_NAME.
+
+    Config precedence: --set and flags > TRACKED_TRAIN_<SECTION>_<KEY> environment > --config YAML > defaults.
+    """
+    from . import config
+
+    cli = {"run.name": run_name, "run.output_dir": output_dir, "tracking.trackers": list(trackers) or None}
+    cfg = config.resolve(config_file, list(sets), cli)
+    from . import runner
+
+    return runner.start(cfg)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@_user_errors
+def resume(run_dir: Path, sets: tuple[str, ...]) -> int:
+    """Continue a run from its last checkpoint, exactly where it stopped."""
+    from .resume import resume_local
+
+    return resume_local(run_dir, list(sets))
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0.0, 10.0))
+@click.option("--top-k", default=50, show_default=True, type=click.IntRange(0, 1_000_000), help="0: no top-k.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_user_errors
+def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> int:
+    """Sample text from SOURCE: a run folder (its best checkpoint) or a checkpoint."""
+    from .generate import generate as sample
+
+    click.echo(sample(source, prompt, max_new_tokens, temperature, top_k or None, seed))
+    return 0

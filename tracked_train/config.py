@@ -1,0 +1,360 @@
+"""Typed, frozen run configuration: defaults < YAML < environment < --set.
+
+Every key is a dotted ``section.field`` name; YAML sections map to the
+dataclasses below, ``--set training.lr=3e-4`` and
+``TRACKED_TRAIN_TRAINING_LR=3e-4`` address the same field. Validation happens
+here, before anything is created, and fails with a :class:`ConfigError` whose
+message is one line naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from .errors import ConfigError
+
+ENV_PREFIX = "TRACKED_TRAIN_"
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str | None = None  # default: built from the key settings and a timestamp
+    output_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["builtin", "text", "hf"] = "builtin"
+    train_files: tuple[str, ...] = ()
+    valid_files: tuple[str, ...] = ()
+    val_split: float = field(default=0.05, metadata=_range(0.0, 0.5, lo_open=True))
+    hf_name: str | None = None
+    hf_config: str | None = None
+    builtin_chars: int = field(default=3_000_000, metadata=_range(10_000, 1_000_000_000))
+    builtin_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = field(default=2048, metadata=_range(300, 1_000_000))
+    model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = field(default=256, metadata=_range(8, 65536))
+    n_layers: int = field(default=4, metadata=_range(1, 1024))
+    n_heads: int = field(default=8, metadata=_range(1, 1024))
+    n_kv_heads: int | None = field(default=None, metadata=_range(1, 1024))  # None: = n_heads
+    seq_len: int = field(default=128, metadata=_range(2, 1_000_000))
+    dropout: float = field(default=0.0, metadata=_range(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = field(default=16, metadata=_range(1, 1_000_000))
+    grad_accum: int = field(default=1, metadata=_range(1, 100_000))
+    max_steps: int = field(default=200, metadata=_range(1, 10**12))
+    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
+    min_lr: float = field(default=1e-4, metadata=_range(0.0, 10.0))
+    warmup_steps: int = field(default=20, metadata=_range(0, 10**12))
+    weight_decay: float = field(default=0.1, metadata=_range(0.0, 10.0))
+    grad_clip: float | None = field(default=1.0, metadata=_range(0.0, 1e6, lo_open=True))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: bool = False
+    eval_every: int = field(default=50, metadata=_range(1, 10**12))
+    eval_batches: int = field(default=10, metadata=_range(1, 100_000))
+    checkpoint_every: int = field(default=50, metadata=_range(1, 10**12))
+    seed: int = 1337
+    time_budget_s: float | None = field(default=None, metadata=_range(0.0, 1e9, lo_open=True))
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    patience: int | None = field(default=None, metadata=_range(1, 10**9))  # in evaluations
+    min_delta: float = field(default=0.0, metadata=_range(0.0, 1e9))
+    target_loss: float | None = None
+    # Diverged when the smoothed train loss climbs this many times above its best.
+    divergence_factor: float | None = field(default=3.0, metadata=_range(1.0, 1e9, lo_open=True))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    trackers: tuple[str, ...] = ("jsonl",)
+    experiment: str = "tracked-train"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    # Peak FLOP/s of the accelerator for the MFU figure; None: known GPUs only.
+    peak_tflops: float | None = field(default=None, metadata=_range(0.0, 1e9, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    console: ConsoleConfig = ConsoleConfig()
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (tuples as lists), as written to config.yaml."""
+        out: dict[str, dict[str, Any]] = {}
+        for sec in dataclasses.fields(self):
+            values = dataclasses.asdict(getattr(self, sec.name))
+            out[sec.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """``{"training.lr": 0.001, ...}``: the stable dotted names trackers log as params."""
+        return {f"{s}.{k}": v for s, vals in self.to_dict().items() for k, v in vals.items()}
+
+    def replace(self, **dotted: Any) -> Config:
+        """A copy with dotted keys replaced by already-typed values (no validation)."""
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in dotted.items():
+            sec, name = key.split(".", 1)
+            sections.setdefault(sec, {})[name] = value
+        return dataclasses.replace(
+            self, **{s: dataclasses.replace(getattr(self, s), **v) for s, v in sections.items()}
+        )
+
+
+# Keys whose values decide the model's shape: on resume they come from the checkpoint.
+MODEL_SHAPE_KEYS = (
+    "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.seq_len",
+    "tokenizer.vocab_size", "tokenizer.model_type",
+)
+
+
+def _field_types() -> dict[str, tuple[Any, dataclasses.Field]]:
+    out = {}
+    for sec in dataclasses.fields(Config):
+        cls = sec.type if isinstance(sec.type, type) else typing.get_type_hints(Config)[sec.name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{sec.name}.{f.name}"] = (hints[f.name], f)
+    return out
+
+
+FIELDS = _field_types()
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; see `tracked-train run --help` for the keys"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _describe(inner[0]) + " or empty"
+    if origin is tuple:
+        return "a list of strings"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) -> Any:
+    """Check ``value`` against the field's type and range; return the typed value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}={value!r} is invalid: {why}")
+
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        if value is None or value == "":
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(key, value, inner, meta, source)
+    if value is None:
+        raise bad(f"expected {_describe(tp)}, and this key cannot be empty")
+    if origin is Literal:
+        if value not in args:
+            raise bad(f"expected {_describe(tp)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",")] if value.strip() else []
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise bad("expected a list of strings, e.g. [a.txt, b.txt] or a.txt,b.txt")
+        if not all(isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in items):
+            raise bad("expected a list of strings")
+        return tuple(str(i) for i in items)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("expected true or false")
+        return value
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise bad("expected a string")
+        return str(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise bad("expected an integer")
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("expected a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("expected a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad("expected a finite number")
+    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
+    if lo is not None and (value < lo or (lo_open and value == lo)) or hi is not None and value > hi:
+        left = "(" if lo_open else "["
+        raise bad(f"allowed range is {left}{lo:g}, {hi:g}]")
+    return value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"training.lr=3e-4"`` -> ``("training.lr", 0.0003)``; values parse as YAML scalars."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} is not KEY=VALUE; write e.g. --set training.lr=3e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in FIELDS:
+        raise _unknown_key(key)
+    if raw.strip() == "":
+        return key, None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, dict):  # "a: b" parses as a mapping; the user meant the text
+        value = raw
+    return key, value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config into dotted keys, reporting syntax errors with their line."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}:{where}: malformed YAML ({problem}); fix the file's syntax") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected sections like 'training:' at the top level, found {type(doc).__name__}")
+    out: dict[str, Any] = {}
+    for sec, values in doc.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{p}: section '{sec}' must be a mapping of keys, e.g. '{sec}:\\n  key: value'")
+        for k, v in values.items():
+            out[f"{sec}.{k}"] = v
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TRACKED_TRAIN_TRAINING_MAX_STEPS=50`` -> ``{"training.max_steps": 50}``."""
+    out = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        sec, _, key = rest.partition("_")
+        dotted = f"{sec}.{key}"
+        if dotted not in FIELDS:
+            continue  # other TRACKED_TRAIN_* variables (e.g. the cache folder) are not config
+        out[dotted] = parse_assignment(f"{dotted}={raw}")[1]
+    return out
+
+
+def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = None) -> Config:
+    """Apply layers of dotted overrides in order (later wins) and validate.
+
+    Each layer is ``(source, values)``; the source names where a bad value came
+    from in the error message.
+    """
+    values: dict[str, Any] = {}
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key not in FIELDS:
+                raise _unknown_key(key)
+            tp, f = FIELDS[key]
+            values[key] = _coerce(key, value, tp, f.metadata, source)
+    cfg = (base or Config()).replace(**values)
+    validate(cfg)
+    return cfg
+
+
+def resolve(config_file: str | None, sets: list[str], cli: Mapping[str, Any] | None = None,
+            environ: Mapping[str, str] | None = None) -> Config:
+    """The one precedence rule: defaults < YAML < environment < CLI (--set, flags)."""
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if config_file:
+        layers.append((str(config_file), load_yaml(config_file)))
+    layers.append(("environment", env_overrides(os.environ if environ is None else environ)))
+    layers.append(("--set", dict(parse_assignment(s) for s in sets)))
+    if cli:
+        layers.append(("command line", {k: v for k, v in cli.items() if v is not None}))
+    return build(layers)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules that no single field's type can express."""
+    m, t, d = cfg.model, cfg.training, cfg.data
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}")
+    kv = m.n_kv_heads or m.n_heads
+    if m.n_heads % kv:
+        raise ConfigError(f"model.n_heads={m.n_heads} must be divisible by model.n_kv_heads={kv}")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"training.min_lr={t.min_lr:g} must not exceed training.lr={t.lr:g}")
+    if d.source == "text" and not d.train_files:
+        raise ConfigError("data.source=text needs data.train_files; e.g. --set data.train_files=train.txt")
+    if d.source == "hf" and not d.hf_name:
+        raise ConfigError("data.source=hf needs data.hf_name; e.g. --set data.hf_name=wikitext")
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("training.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if not cfg.tracking.trackers:
+        raise ConfigError("tracking.trackers is empty; name at least one tracker, e.g. jsonl")
+
+
+def from_dict(nested: Mapping[str, Mapping[str, Any]], source: str = "checkpoint") -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (a checkpoint or config.yaml)."""
+    flat = {f"{s}.{k}": v for s, vals in nested.items() for k, v in vals.items()}
+    return build([(source, flat)])
+
+
+def dump_yaml(cfg: Config, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,189 @@
+"""Training data: one code path over a `datasets` dataset with a `text` column.
+
+``builtin`` generates its corpus, ``text`` reads local files with the `text`
+builder, ``hf`` calls ``datasets.load_dataset(hf_name, hf_config)``. Every
+source ends as two token streams (train, validation).
+
+Batches are a pure function of (seed, position): the stream is cut into
+``seq_len + 1`` windows, each epoch visits them in a permutation seeded by
+(seed, epoch), and a checkpoint only needs the number of sequences consumed to
+resume the data order exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, DataConfig
+from .errors import UserError
+
+
+def check_files(cfg: DataConfig) -> None:
+    """Fail before a run folder exists if a named data file is missing or empty."""
+    if cfg.source != "text":
+        return
+    for f in (*cfg.train_files, *cfg.valid_files):
+        p = Path(f)
+        if not p.is_file():
+            raise UserError(f"data file '{f}' does not exist; check data.train_files / data.valid_files")
+        if p.stat().st_size == 0:
+            raise UserError(f"data file '{f}' is empty; point data.train_files / data.valid_files at text")
+
+
+def _lines(ds) -> list[str]:
+    # wikitext keeps a trailing "\n" on each line; the text builder does not.
+    return [t[:-1] if t.endswith("\n") else t for t in ds["text"]]
+
+
+def load_lines(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(train lines, validation lines) from the configured source."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    if cfg.source == "builtin":
+        from .corpus import generate_lines
+
+        train = generate_lines(cfg.builtin_chars, seed=cfg.builtin_seed)
+        valid = generate_lines(max(cfg.builtin_chars // 20, 10_000), seed=cfg.builtin_seed + 1_000_003)
+        dd = datasets.DatasetDict({
+            "train": datasets.Dataset.from_dict({"text": train}),
+            "validation": datasets.Dataset.from_dict({"text": valid}),
+        })
+    elif cfg.source == "text":
+        files = {"train": list(cfg.train_files)}
+        if cfg.valid_files:
+            files["validation"] = list(cfg.valid_files)
+        dd = datasets.load_dataset("text", data_files=files)
+    else:
+        try:
+            dd = datasets.load_dataset(cfg.hf_name, cfg.hf_config)
+        except Exception as e:  # hub unreachable, unknown name, missing config...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not load dataset '{cfg.hf_name}' ({cfg.hf_config}): {first}; "
+                            "check data.hf_name / data.hf_config and the network, "
+                            "or use data.source=text with local files") from None
+    if "text" not in dd["train"].column_names:
+        raise UserError(f"dataset has no 'text' column (columns: {dd['train'].column_names}); "
+                        "use a dataset with a text column")
+    train = _lines(dd["train"])
+    if "validation" in dd:
+        valid = _lines(dd["validation"])
+    else:
+        cut = int(len(train) * (1 - cfg.val_split))
+        train, valid = train[:cut], train[cut:]
+    if not any(t.strip() for t in train):
+        raise UserError("the training split holds no text; check data.train_files / data.hf_name")
+    if not any(t.strip() for t in valid):
+        raise UserError("the validation split holds no text; set data.valid_files or a larger data.val_split")
+    return train, valid
+
+
+def fingerprint(lines: list[str]) -> str:
+    h = hashlib.sha256()
+    for ln in lines:
+        h.update(ln.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass
+class Stream:
+    tokens: np.ndarray  # int32 token ids
+    n_chars: int  # characters of text they encode, for nats-per-character figures
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.n_chars / max(len(self.tokens), 1)
+
+
+def to_stream(tokenizer, lines: list[str]) -> Stream:
+    return Stream(tokenizer.encode_lines(lines), sum(len(ln) + 1 for ln in lines))
+
+
+class Batches:
+    """Deterministic batches of (input, target) windows, addressed by position."""
+
+    def __init__(self, stream: Stream, seq_len: int, seed: int):
+        import torch
+
+        self.seq_len = seq_len
+        self.seed = seed
+        self.n_windows = (len(stream.tokens) - 1) // seq_len
+        if self.n_windows < 1:
+            raise UserError(f"the data holds {len(stream.tokens)} tokens, fewer than one sequence of "
+                            f"model.seq_len={seq_len}; lower model.seq_len or add data")
+        self.tokens = torch.from_numpy(stream.tokens.astype(np.int64))
+        self._perm_epoch, self._perm = -1, None
+
+    def _window(self, index: int) -> int:
+        epoch, i = divmod(index, self.n_windows)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._perm_epoch = epoch
+        return int(self._perm[i])
+
+    def get(self, position: int, batch_size: int):
+        """The batch of ``batch_size`` sequences starting at sequence ``position``."""
+        import torch
+
+        starts = [self._window(position + j) * self.seq_len for j in range(batch_size)]
+        x = torch.stack([self.tokens[s : s + self.seq_len] for s in starts])
+        y = torch.stack([self.tokens[s + 1 : s + 1 + self.seq_len] for s in starts])
+        return x, y
+
+    def eval_batches(self, n: int, batch_size: int):
+        """A fixed set of the first windows, in order, so every eval sees the same text."""
+        import torch
+
+        total = min(n * batch_size, self.n_windows)
+        for b in range(0, total, batch_size):
+            starts = [(b + j) * self.seq_len for j in range(min(batch_size, total - b))]
+            x = torch.stack([self.tokens[s : s + self.seq_len] for s in starts])
+            y = torch.stack([self.tokens[s + 1 : s + 1 + self.seq_len] for s in starts])
+            yield x, y
+
+
+@dataclass
+class Data:
+    train: Batches
+    valid: Batches
+    valid_chars_per_token: float
+
+
+def prepare(cfg: Config, tokenizer_from: bytes | None = None):
+    """Load the text, get a tokenizer (trained, cached, or the checkpoint's), tokenize.
+
+    Returns ``(Data, Tokenizer)``.
+    """
+    from .tokenizer import Tokenizer, cache_dir, train_tokenizer
+
+    train_lines, valid_lines = load_lines(cfg.data)
+    data_hash = fingerprint(train_lines)
+    if tokenizer_from is not None:
+        tok = Tokenizer(tokenizer_from)
+    else:
+        tok = train_tokenizer(train_lines, cfg.tokenizer, data_hash)
+    tok_hash = hashlib.sha256(tok.model_bytes).hexdigest()[:16]
+    streams = []
+    for name, lines in (("train", train_lines), ("valid", valid_lines)):
+        key = hashlib.sha256(f"{fingerprint(lines)}|{tok_hash}".encode()).hexdigest()[:24]
+        cached = cache_dir() / "tokens" / f"{key}.npz"
+        if cached.exists():
+            z = np.load(cached)
+            streams.append(Stream(z["tokens"], int(z["n_chars"])))
+            continue
+        s = to_stream(tok, lines)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.stem}.tmp.npz")
+        np.savez(tmp, tokens=s.tokens, n_chars=np.int64(s.n_chars))
+        tmp.replace(cached)
+        streams.append(s)
+    train, valid = streams
+    seq = cfg.model.seq_len
+    return Data(Batches(train, seq, cfg.training.seed), Batches(valid, seq, cfg.training.seed),
+                valid.chars_per_token), tok

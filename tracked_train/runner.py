@@ -1,0 +1,142 @@
+"""Start or resume a run: the run folder, trackers, data, then the loop.
+
+Setup failures (bad data, an unreachable tracking server, a tokenizer that
+cannot be trained) are :class:`UserError`: a new run's folder is removed and
+its trackers aborted, so bad input leaves nothing half-written. Once training
+has started, every ending goes through ``trackers.finish`` with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .config import Config, dump_yaml
+from .console import config_table, setup_logging
+from .data import check_files
+from .early_stopping import Stop
+from .errors import UserError
+from .trackers import Outcome, RunInfo, Trackers
+
+log = logging.getLogger("tracked_train")
+
+
+def default_run_name(cfg: Config) -> str:
+    m, t = cfg.model, cfg.training
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.data.source}-d{m.d_model}-l{m.n_layers}-lr{t.lr:g}-bs{t.batch_size}-{stamp}"
+
+
+def _new_run_dir(cfg: Config) -> tuple[str, Path]:
+    root = Path(cfg.run.output_dir)
+    if cfg.run.name:
+        run_dir = root / cfg.run.name
+        if run_dir.exists():
+            raise UserError(f"run folder {run_dir} already exists; choose another --run-name "
+                            f"or continue it with `tracked-train resume {run_dir}`")
+        return cfg.run.name, run_dir
+    name = default_run_name(cfg)
+    run_dir, n = root / name, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{name}-{n}"
+    return run_dir.name, run_dir
+
+
+def start(cfg: Config) -> int:
+    """``tracked-train run``: a new run. Returns the process exit code."""
+    check_files(cfg.data)
+    trackers = Trackers.from_specs(cfg.tracking.trackers)  # unknown tracker names fail here, before any folder
+    name, run_dir = _new_run_dir(cfg)
+    cfg = cfg.replace(**{"run.name": name})
+    run_dir.mkdir(parents=True)
+    try:
+        dump_yaml(cfg, run_dir / "config.yaml")
+        setup_logging(run_dir / "train.log")
+        log.info("run %s -> %s\n%s", name, run_dir, config_table(cfg.flat()))
+        trackers.start(RunInfo(name, run_dir, cfg))
+        parts = _prepare(cfg, run_dir, trackers)
+    except UserError:
+        setup_logging(None)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    trackers.log_params(cfg.flat())
+    trackers.log_artifact(run_dir / "config.yaml", "config.yaml")
+    trackers.log_artifact(run_dir / "tokenizer", "tokenizer")
+    return _run(parts)
+
+
+def resume(run_dir: Path, state: dict[str, Any], cfg: Config) -> int:
+    """Continue ``run_dir`` from a loaded checkpoint ``state`` with (checked) config ``cfg``."""
+    setup_logging(run_dir / "train.log")
+    step = state["step"]
+    log.info("resuming %s from step %d\n%s", run_dir, step, config_table(cfg.flat()))
+    dump_yaml(cfg, run_dir / "config.yaml")
+    trackers = Trackers.from_specs(cfg.tracking.trackers)
+    trackers.start(RunInfo(cfg.run.name or run_dir.name, run_dir, cfg, step, state.get("trackers")))
+    tokenizer_bytes = state["tokenizer"].numpy().tobytes()
+    parts = _prepare(cfg, run_dir, trackers, tokenizer_bytes, state)
+    return _run(parts)
+
+
+def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, tokenizer_bytes: bytes | None = None,
+             state: dict[str, Any] | None = None):
+    from .data import prepare
+    from .train import build
+
+    t0 = time.perf_counter()
+    data, tok = prepare(cfg, tokenizer_from=tokenizer_bytes)
+    tok.save(run_dir / "tokenizer")
+    log.info("data: %s train / %s validation tokens, vocab %d, %.2f chars/token (%.1f s)",
+             f"{len(data.train.tokens):,}", f"{len(data.valid.tokens):,}", tok.vocab_size,
+             data.valid_chars_per_token, time.perf_counter() - t0)
+    if cfg.data.source == "builtin":
+        from .corpus import entropy_rate
+
+        log.info("built-in corpus: entropy rate %.3f nats/char, the lowest loss any model can reach",
+                 entropy_rate())
+    return build(cfg, run_dir, data, tok, trackers, state)
+
+
+def _run(parts) -> int:
+    from .train import train
+
+    trackers = parts.trackers
+    try:
+        outcome = train(parts)
+    except KeyboardInterrupt:
+        stop = Stop("interrupted", f"Interrupted twice at step {parts.st.step}; exited without saving.",
+                    parts.st.step)
+        trackers.finish(Outcome(stop, None, None, None, None, 0.0, "not learning"))
+        log.info("stopped: %s", stop.detail)
+        return 130
+    except Exception as e:
+        log.error("training failed:\n%s", traceback.format_exc())
+        detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        trackers.finish(Outcome(Stop("failed", detail, parts.st.step), None, None, None, None, 0.0, "not learning"))
+        return 1
+    trackers.finish(outcome)
+    _summary(parts, outcome)
+    return outcome.stop.exit_code
+
+
+def _summary(parts, o: Outcome) -> None:
+    if o.initial_loss is not None and o.final_loss is not None:
+        log.info("train loss %.4f -> %.4f (%+.1f%%): %s", o.initial_loss, o.final_loss, -o.decrease_pct, o.verdict)
+    log.info("stopped: %s (%s at step %d)", o.stop.detail, o.stop.reason, o.stop.step)
+    if o.best_val_loss is not None:
+        import math
+
+        per_char = o.best_val_loss / parts.data.valid_chars_per_token
+        floor = ""
+        if parts.cfg.data.source == "builtin":
+            from .corpus import entropy_rate
+
+            floor = f"; the corpus floor is {entropy_rate():.3f}"
+        log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s) at step %s", o.best_val_loss,
+                 math.exp(o.best_val_loss), per_char, floor, o.best_step)
+    log.info("run folder: %s", parts.run_dir)

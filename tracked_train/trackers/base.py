@@ -1,0 +1,194 @@
+"""The tracker contract, its registry, and the fan-out the training loop talks to.
+
+A tracker is a small class with six methods. The loop never imports a tracking
+library; it calls :class:`Trackers`, which forwards each call to every tracker
+the user named. Contract for implementers:
+
+- ``start`` may fail (bad credentials, unreachable server): raise
+  :class:`~tracked_train.errors.UserError` with what to do, and the run exits 2
+  before training starts.
+- every other method is called from the training thread and must return
+  promptly: do network or disk-heavy work on a background thread, batched.
+- ``log_metrics`` is called with strictly increasing steps (several calls may
+  share a step); never re-log a step that ``state()`` said was logged.
+- ``state()`` is stored in every checkpoint and handed back as
+  ``RunInfo.resume_state`` on resume, so a backend can continue the same run.
+- ``finish`` flushes everything and ends the run with the outcome's status.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..early_stopping import Stop
+
+log = logging.getLogger("tracked_train")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    run_dir: Path
+    config: Config
+    start_step: int = 0  # > 0 when resuming: the checkpoint's step
+    resume_state: dict | None = None  # this tracker's state() from the checkpoint
+
+
+@dataclass(frozen=True)
+class Outcome:
+    stop: Stop
+    best_step: int | None
+    best_val_loss: float | None
+    initial_loss: float | None
+    final_loss: float | None
+    decrease_pct: float
+    verdict: str
+
+    def tags(self) -> dict[str, str]:
+        """The end-of-run tags every backend records under the same names."""
+        return {
+            "stop_reason": self.stop.reason, "stop_detail": self.stop.detail, "stop_step": str(self.stop.step),
+            "best_step": "" if self.best_step is None else str(self.best_step),
+            "best_val_loss": "" if self.best_val_loss is None else f"{self.best_val_loss:.6g}",
+            "verdict": self.verdict,
+        }
+
+
+class Tracker(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def start(self, run: RunInfo) -> None: ...
+
+    @abstractmethod
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    @abstractmethod
+    def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
+        """Store a file or folder as ``artifact_path``; a later call with the same path replaces it."""
+
+    @abstractmethod
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    @abstractmethod
+    def finish(self, outcome: Outcome) -> None: ...
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def abort(self) -> None:
+        """End a started run that never trained (another tracker failed to start)."""
+
+
+# name -> "module:Class", imported only when a run asks for it (keeps --help instant).
+_BUILTIN: dict[str, str] = {
+    "jsonl": "tracked_train.trackers.jsonl:JsonlTracker",
+    "null": "tracked_train.trackers.null:NullTracker",
+}
+_REGISTERED: dict[str, Callable[..., Tracker]] = {}
+ENTRY_POINT_GROUP = "tracked_train.trackers"
+
+
+def register(name: str) -> Callable[[type[Tracker]], type[Tracker]]:
+    """Class decorator registering a tracker under ``name``."""
+    def deco(cls: type[Tracker]) -> type[Tracker]:
+        _REGISTERED[name] = cls
+        return cls
+    return deco
+
+
+def available() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted({*_BUILTIN, *_REGISTERED, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def create(spec: str) -> Tracker:
+    """``"mlflow"`` or ``"webhook=https://..."`` -> a tracker instance."""
+    name, _, arg = spec.partition("=")
+    factory = _REGISTERED.get(name)
+    if factory is None and name in _BUILTIN:
+        module, cls = _BUILTIN[name].split(":")
+        factory = getattr(importlib.import_module(module), cls)
+    if factory is None:
+        from importlib.metadata import entry_points
+
+        eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if eps:
+            factory = eps[0].load()
+    if factory is None:
+        raise UserError(f"unknown tracker '{name}'; available: {', '.join(available())}")
+    return factory(arg) if arg else factory()
+
+
+class Trackers:
+    """Fans every call out to each tracker; the only tracking object the loop sees.
+
+    A tracker that fails while logging is reported once and the others go on:
+    losing one backend must not cost the run. ``start`` failures propagate.
+    """
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_specs(cls, specs: tuple[str, ...] | list[str]) -> Trackers:
+        names = list(dict.fromkeys(specs))
+        # metrics.jsonl is the run folder's record: always on, unless the user asked
+        # for `null` (nothing at all), the baseline of the overhead benchmarks.
+        if "jsonl" not in names and "null" not in names:
+            names.insert(0, "jsonl")
+        return cls([create(s) for s in names])
+
+    def _each(self, method: str, *args: Any) -> None:
+        for t in self.trackers:
+            try:
+                getattr(t, method)(*args)
+            except Exception as e:  # noqa: BLE001 - one backend's failure must not stop training
+                if t.name not in self._warned:
+                    self._warned.add(t.name)
+                    log.warning("tracker %s failed in %s: %s (further errors from it are not shown)",
+                                t.name, method, e)
+
+    def start(self, run: RunInfo) -> None:
+        started = []
+        for t in self.trackers:
+            state = (run.resume_state or {}).get(t.name)
+            try:
+                t.start(RunInfo(run.name, run.run_dir, run.config, run.start_step, state))
+            except BaseException:
+                for s in started:  # leave no run half-open on a server
+                    s.abort()
+                raise
+            started.append(t)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._each("log_params", params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._each("log_metrics", metrics, step)
+
+    def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._each("log_artifact", local_path, artifact_path, metadata)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._each("set_tags", tags)
+
+    def finish(self, outcome: Outcome) -> None:
+        self._each("finish", outcome)
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        return {t.name: t.state() for t in self.trackers}

@@ -1,0 +1,107 @@
+"""``metrics.jsonl`` in the run folder: the run's own record, always on.
+
+One JSON object per line: ``{"step": N, "time": T, "train/loss": ...}`` for
+metrics, ``{"event": "stop", "reason": ..., "step": N, ...}`` for events. Each
+line is flushed as it is written (a few microseconds), so a kill -9 loses
+nothing the process had logged; on resume the lines logged after the
+checkpoint are dropped, because the resumed run recomputes them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from .base import Outcome, RunInfo, Tracker
+
+FILENAME = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/Infinity; write them as strings rather than emit invalid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read(path: Path) -> list[dict]:
+    """All complete records of a metrics.jsonl (a torn last line is skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def truncate_after(path: Path, step: int) -> int:
+    """Keep only the records at or before ``step``; return how many were dropped."""
+    if not path.exists():
+        return 0
+    records = read(path)
+    keep = [r for r in records if r.get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(records) - len(keep)
+
+
+class JsonlTracker(Tracker):
+    name = "jsonl"
+
+    def __init__(self) -> None:
+        self._f: IO[str] | None = None
+        self._last_step = 0
+
+    def _write(self, record: dict) -> None:
+        assert self._f is not None, "start() was not called"
+        self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._f.flush()
+
+    def start(self, run: RunInfo) -> None:
+        path = run.run_dir / FILENAME
+        if run.start_step:
+            truncate_after(path, run.start_step)
+        self._f = open(path, "a")
+        self._last_step = run.start_step
+        event = "resume" if run.start_step else "start"
+        self._write({"event": event, "step": run.start_step, "time": time.time(), "run_name": run.name})
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._write({"event": "params", "step": self._last_step, "params": params})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._last_step = step
+        self._write({"step": step, "time": time.time(), **metrics})
+
+    def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._write({"event": "artifact", "step": self._last_step, "path": artifact_path, **(metadata or {})})
+        os.fsync(self._f.fileno())  # a checkpoint is a durability point for the record too
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._write({"event": "tags", "step": self._last_step, "tags": tags})
+
+    def finish(self, outcome: Outcome) -> None:
+        if self._f is None:
+            return
+        s = outcome.stop
+        self._write({"event": "stop", "reason": s.reason, "detail": s.detail, "step": s.step,
+                     "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss,
+                     "initial_loss": outcome.initial_loss, "final_loss": outcome.final_loss,
+                     "decrease_pct": outcome.decrease_pct, "verdict": outcome.verdict})
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
+
+    def abort(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None

@@ -1,0 +1,318 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, AMP.
+
+:func:`train` builds the model and optimizer (or restores them from a
+checkpoint), then runs the loop in :func:`_loop`, which reads top to bottom:
+one optimizer step, its metrics, evaluation, the stop decision, checkpoints.
+Tracking happens only through the :class:`~tracked_train.trackers.Trackers`
+fan-out handed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import Config, TrainingConfig
+from .console import Progress, peak_tflops
+from .data import Data
+from .early_stopping import EarlyStopping, Stop, completed, verdict
+from .interrupts import Interrupts
+from .model import GPT, GPTConfig, param_groups
+from .tokenizer import Tokenizer
+from .trackers import Outcome, Trackers
+
+log = logging.getLogger("tracked_train")
+
+
+def pick_device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_precision(choice: str, device: str) -> str:
+    """``auto``: bf16 autocast where it is faster than fp32, else fp32 (fp16 + GradScaler on old GPUs)."""
+    if choice != "auto":
+        return choice
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu" and torch.cpu._is_avx512_bf16_supported():
+        return "bf16"  # measured 1.9x fp32 on an AVX512-BF16 CPU (docs/benchmarks.md)
+    return "fp32"
+
+
+def lr_at(step: int, t: TrainingConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step <= t.warmup_steps:
+        return t.lr * step / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def gpt_config(cfg: Config, vocab_size: int) -> GPTConfig:
+    m = cfg.model
+    return GPTConfig(vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads or m.n_heads, m.seq_len, m.dropout)
+
+
+def safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+@dataclass
+class LoopState:
+    """Everything about progress that a checkpoint must carry besides the tensors."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    data_position: int = 0  # training sequences consumed: where the data order resumes
+    elapsed_s: float = 0.0  # training time across resumes, for the time budget
+    first_losses: list[float] = field(default_factory=list)
+    recent_losses: list[float] = field(default_factory=list)
+    last_eval_step: int = 0
+
+    def record_loss(self, loss: float) -> None:
+        if len(self.first_losses) < 5:
+            self.first_losses.append(loss)
+        self.recent_losses = (self.recent_losses + [loss])[-10:]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Parts:
+    cfg: Config
+    run_dir: Path
+    model: GPT
+    forward: Any  # the model, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    data: Data
+    tokenizer: Tokenizer
+    trackers: Trackers
+    device: str
+    amp: Any  # () -> autocast context
+    st: LoopState
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "step": self.st.step,
+            "loop": asdict(self.st),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"kind": "warmup_cosine", "step": self.st.step},
+            "scaler": self.scaler.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": _rng_state(),
+            "config": self.cfg.to_dict(),
+            "tokenizer": torch.frombuffer(bytearray(self.tokenizer.model_bytes), dtype=torch.uint8),
+            "trackers": self.trackers.state(),
+        }
+
+    def save(self, kind: str, val_loss: float | None = None) -> None:
+        import yaml
+
+        folder = self.run_dir / "checkpoints" / kind
+        checkpoint.save(folder, self.checkpoint_state(), {
+            "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
+            "tokenizer.model": self.tokenizer.model_bytes,
+        })
+        meta = {"step": self.st.step, "tokens_seen": self.st.tokens_seen}
+        if val_loss is not None:
+            meta["val_loss"] = val_loss
+        self.trackers.log_artifact(folder, f"checkpoints/{kind}", meta)
+
+
+def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers: Trackers,
+          state: dict[str, Any] | None = None) -> Parts:
+    """Model, optimizer and loop state: fresh from the seed, or restored from ``state``."""
+    t = cfg.training
+    random.seed(t.seed)
+    np.random.seed(t.seed % 2**32)
+    torch.manual_seed(t.seed)
+    device = pick_device(t.device)
+    precision = pick_precision(t.precision, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def amp():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=amp_dtype)
+
+    model = GPT(gpt_config(cfg, tokenizer.vocab_size)).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95),
+                                  fused=device == "cuda")
+    scaler = torch.amp.GradScaler(device if device != "mps" else "cpu", enabled=precision == "fp16")
+    es = cfg.early_stopping
+    stopper = EarlyStopping(es.patience, es.min_delta, es.target_loss, es.divergence_factor)
+    st = LoopState()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        stopper.load_state_dict(state["early_stopping"])
+        st = LoopState(**state["loop"])
+    forward = torch.compile(model) if t.compile else model
+    log.info("model: %s parameters (%.2f M) | device %s | precision %s%s", f"{model.num_params():,}",
+             model.num_params() / 1e6, device, precision, " | torch.compile" if t.compile else "")
+    if state is not None:
+        _set_rng_state(state["rng"])  # last, so nothing above consumes the restored streams
+    return Parts(cfg, run_dir, model, forward, optimizer, scaler, stopper, data, tokenizer, trackers,
+                 device, amp, st)
+
+
+def train_step(p: Parts) -> tuple[float, float]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm)."""
+    t = p.cfg.training
+    p.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=p.device)
+    for _ in range(t.grad_accum):
+        x, y = p.data.train.get(p.st.data_position, t.batch_size)
+        p.st.data_position += t.batch_size
+        x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
+        with p.amp():
+            _, loss = p.forward(x, y)
+        p.scaler.scale(loss / t.grad_accum).backward()
+        total += loss.detach()
+    p.scaler.unscale_(p.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), t.grad_clip or math.inf)
+    p.scaler.step(p.optimizer)
+    p.scaler.update()
+    return (total / t.grad_accum).item(), grad_norm.item()
+
+
+@torch.no_grad()
+def evaluate(p: Parts) -> dict[str, float]:
+    t = p.cfg.training
+    p.model.eval()
+    loss_sum, n = 0.0, 0
+    for x, y in p.data.valid.eval_batches(t.eval_batches, t.batch_size):
+        with p.amp():
+            _, loss = p.model(x.to(p.device), y.to(p.device))
+        loss_sum += loss.item() * y.numel()
+        n += y.numel()
+    p.model.train()
+    val = loss_sum / n
+    return {"val/loss": val, "val/perplexity": safe_exp(val),
+            "val/nats_per_char": val / p.data.valid_chars_per_token}
+
+
+def train(p: Parts) -> Outcome:
+    """Run the loop to a stop; always leaves a resumable ``last`` (except on divergence)."""
+    progress = Progress(p.cfg.training.max_steps, p.st.step, p.cfg.console.progress,
+                        p.model.flops_per_token(), peak_tflops(p.cfg.console.peak_tflops, p.device))
+    try:
+        with Interrupts() as interrupts:
+            stop = _loop(p, progress, interrupts)
+    finally:
+        progress.close()
+    return _outcome(p, stop)
+
+
+def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
+    t = p.cfg.training
+    tokens_per_step = t.batch_size * t.grad_accum * p.cfg.model.seq_len
+    p.model.train()
+    clock = time.perf_counter() - p.st.elapsed_s
+    stop: Stop | None = None if p.st.step < t.max_steps else completed(p.st.step, t.max_steps)
+    while stop is None:
+        step = p.st.step + 1
+        t0 = time.perf_counter()
+        lr = lr_at(step, t)
+        for group in p.optimizer.param_groups:
+            group["lr"] = lr
+        loss, grad_norm = train_step(p)
+        dt = time.perf_counter() - t0
+        p.st.step, p.st.tokens_seen = step, p.st.tokens_seen + tokens_per_step
+        p.st.record_loss(loss)
+        p.trackers.log_metrics({
+            "train/loss": loss, "train/lr": lr, "train/perplexity": safe_exp(loss),
+            "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_step / dt,
+            "train/tokens_seen": p.st.tokens_seen,
+        }, step)
+        progress.update(step, loss, lr, tokens_per_step / dt, p.st.tokens_seen)
+
+        stop = p.stopper.on_train_loss(step, loss)
+        if stop is None and (step % t.eval_every == 0 or step == t.max_steps):
+            stop = _evaluate_and_save_best(p, progress)
+        p.st.elapsed_s = time.perf_counter() - clock
+        stop = stop or EarlyStopping.check_time(step, p.st.elapsed_s, t.time_budget_s)
+        if stop is None and interrupts.requested:
+            stop = Stop("interrupted", f"Interrupted by {interrupts.requested} at step {step}; "
+                        "resume with `tracked-train resume`.", step)
+        if stop is None and step >= t.max_steps:
+            stop = completed(step, t.max_steps)
+        if interrupts.status_requested:
+            interrupts.status_requested = False
+            log.info(progress.status_line())
+
+        if stop is not None and stop.reason != "diverged" and p.st.last_eval_step != step:
+            _evaluate_and_save_best(p, progress)  # "and at the end": every run ends evaluated
+        if stop is not None and stop.reason == "diverged":
+            log.warning("not overwriting checkpoints/last with diverged weights; it holds step %s",
+                        _last_step(p.run_dir))
+        elif stop is not None or step % t.checkpoint_every == 0:
+            p.save("last")
+    return stop
+
+
+def _evaluate_and_save_best(p: Parts, progress: Progress) -> Stop | None:
+    val = evaluate(p)
+    p.st.last_eval_step = p.st.step
+    p.trackers.log_metrics(val, p.st.step)
+    improved, stop = p.stopper.on_eval(p.st.step, val["val/loss"])
+    log.info("eval step %d | val loss %.4f | val ppl %.2f | %.3f nats/char%s | %s", p.st.step, val["val/loss"],
+             val["val/perplexity"], val["val/nats_per_char"], " | new best" if improved else "",
+             progress.status_line())
+    if improved:
+        p.save("best", val["val/loss"])
+    return stop
+
+
+def _last_step(run_dir: Path) -> int | str:
+    manifest = run_dir / "checkpoints" / "last" / checkpoint.MANIFEST
+    if manifest.exists():
+        import json
+
+        return json.loads(manifest.read_text()).get("step", "?")
+    return "none"
+
+
+def _outcome(p: Parts, stop: Stop) -> Outcome:
+    initial = sum(p.st.first_losses) / len(p.st.first_losses) if p.st.first_losses else None
+    final = sum(p.st.recent_losses) / len(p.st.recent_losses) if p.st.recent_losses else None
+    drop, word = verdict(initial, final) if initial is not None and final is not None else (0.0, "not learning")
+    best = p.stopper.best_loss if math.isfinite(p.stopper.best_loss) else None
+    return Outcome(stop, p.stopper.best_step, best, initial, final, drop, word)
