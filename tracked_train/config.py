@@ -48,7 +48,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    vocab_size: int = field(default=2048, metadata=_range(300, 1_000_000))
+    vocab_size: int = field(default=1024, metadata=_range(300, 1_000_000))
     model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
 
 
@@ -66,7 +66,7 @@ class ModelConfig:
 class TrainingConfig:
     batch_size: int = field(default=16, metadata=_range(1, 1_000_000))
     grad_accum: int = field(default=1, metadata=_range(1, 100_000))
-    max_steps: int = field(default=200, metadata=_range(1, 10**12))
+    max_steps: int = field(default=400, metadata=_range(1, 10**12))
     lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
     min_lr: float = field(default=1e-4, metadata=_range(0.0, 10.0))
     warmup_steps: int = field(default=20, metadata=_range(0, 10**12))
@@ -179,9 +179,10 @@ def _describe(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) -> Any:
     """Check ``value`` against the field's type and range; return the typed value."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    given = value
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"{source}: {key}={value!r} is invalid: {why}")
+        return ConfigError(f"{source}: {key}={given!r} is invalid: {why}")
 
     if origin in (typing.Union, types.UnionType):  # Optional[X]
         if value is None or value == "":

@@ -1,0 +1,48 @@
+"""Shared helpers: the tiny model every end-to-end test trains, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shakespeare"
+
+# A model small enough to step in a few ms on 2 CPU cores.
+TINY = [
+    "model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.seq_len=64",
+    "tokenizer.vocab_size=384", "data.builtin_chars=120000", "training.batch_size=8",
+    "training.warmup_steps=5", "training.eval_batches=4", "console.progress=lines",
+]
+
+
+def sets(*pairs: str) -> list[str]:
+    out = []
+    for p in (*TINY, *pairs):
+        out += ["--set", p]
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """One tokenizer/token cache for the whole session (tokenizers train once)."""
+    os.environ["TRACKED_TRAIN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m tracked_train ARGS`` in a child process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "tracked_train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def metric_lines(run_dir: Path, name: str = "train/loss") -> list[tuple[int, float]]:
+    return [(r["step"], r[name]) for r in records(run_dir) if name in r]

@@ -1,0 +1,97 @@
+"""Config precedence, typing and the one-line errors bad input gets."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from tracked_train import config
+from tracked_train.cli import main
+from tracked_train.errors import ConfigError
+
+
+def resolve(*sets, yaml_file=None, environ=None, cli=None):
+    return config.resolve(yaml_file, list(sets), cli, environ=environ or {})
+
+
+def test_defaults_and_types():
+    cfg = resolve("training.lr=3e-4", "training.max_steps=7", "data.train_files=a.txt,b.txt")
+    assert cfg.training.lr == pytest.approx(3e-4) and isinstance(cfg.training.lr, float)
+    assert cfg.training.max_steps == 7
+    assert cfg.data.train_files == ("a.txt", "b.txt")
+    assert resolve("data.train_files=[x, y]").data.train_files == ("x", "y")
+    assert resolve("data.train_files=only.txt").data.train_files == ("only.txt",)
+
+
+def test_empty_value_clears_optional_key():
+    assert config.Config().training.grad_clip == 1.0
+    assert resolve("training.grad_clip=").training.grad_clip is None
+
+
+def test_precedence_cli_over_env_over_yaml_over_defaults(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("training:\n  lr: 0.01\n  max_steps: 11\n  batch_size: 3\n")
+    env = {"TRACKED_TRAIN_TRAINING_LR": "0.02", "TRACKED_TRAIN_TRAINING_MAX_STEPS": "12"}
+    cfg = resolve("training.lr=0.03", yaml_file=y, environ=env)
+    assert cfg.training.lr == 0.03  # --set beats env
+    assert cfg.training.max_steps == 12  # env beats YAML
+    assert cfg.training.batch_size == 3  # YAML beats default
+    assert cfg.training.warmup_steps == config.Config().training.warmup_steps
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("trainng.lr=1", "unknown config key 'trainng.lr' (did you mean 'training.lr'?)"),
+    ("training.max_steps=ten", "training.max_steps='ten' is invalid: expected an integer"),
+    ("training.lr=-1", "training.lr=-1 is invalid: allowed range is (0, 10]"),
+    ("model.dropout=2", "model.dropout=2 is invalid: allowed range is [0, 0.9]"),
+    ("training.precision=fp8", "expected one of 'auto', 'fp32', 'bf16', 'fp16'"),
+    ("training.compile=maybe", "expected true or false"),
+    ("model.n_heads=3", "model.d_model=256 must be divisible by model.n_heads=3"),
+])
+def test_bad_values_name_the_problem(assignment, message):
+    with pytest.raises(ConfigError) as e:
+        resolve(assignment)
+    assert message in str(e.value)
+
+
+def test_malformed_yaml_names_its_line(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("training:\n  lr: 0.1\n  max_steps: [1, 2\n")
+    with pytest.raises(ConfigError) as e:
+        resolve(yaml_file=y)
+    assert "bad.yaml" in str(e.value) and "line 4" in str(e.value)
+
+
+def test_config_roundtrip():
+    cfg = resolve("training.lr=0.002", "data.valid_files=v.txt")
+    assert config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "trainng.lr=1"], "did you mean 'training.lr'?"),
+    (["--set", "training.batch_size=1.5"], "expected an integer"),
+    (["--set", "training.warmup_steps=-3"], "allowed range is [0,"),
+    (["--config", "BAD_YAML"], "malformed YAML"),
+    (["--config", "missing.yaml"], "does not exist"),
+    (["--set", "data.source=text", "--set", "data.train_files=nope.txt"], "data file 'nope.txt' does not exist"),
+    (["--tracker", "mlfow"], "unknown tracker 'mlfow'"),
+])
+def test_cli_bad_input_exit_2_one_line_no_run_folder(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BAD_YAML").write_text("training: {lr: 0.1\n")
+    result = CliRunner().invoke(main, ["run", "--output-dir", "out", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_data_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    result = CliRunner().invoke(main, ["run", "--output-dir", "out", "--set", "data.source=text",
+                                       "--set", "data.train_files=empty.txt"])
+    assert result.exit_code == 2
+    assert "data file 'empty.txt' is empty" in result.output
+    assert not (tmp_path / "out").exists()
