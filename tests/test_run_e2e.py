@@ -6,12 +6,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-
-from conftest import SHAKESPEARE, cli, metric_lines, records, sets
+from conftest import SHAKESPEARE, cli, metric_lines, records, sets, wait_until
 
 METRICS = {"train/loss", "train/lr", "train/perplexity", "train/grad_norm", "train/tokens_per_sec",
            "train/tokens_seen"}
@@ -67,16 +65,6 @@ def test_generate_from_run_folder(shakespeare_run):
     assert r.stdout.startswith("KING") and len(r.stdout) > len("KING") + 20
 
 
-def _wait_for(pred, proc, what, deadline_s=120):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if pred():
-            return
-        assert proc.poll() is None, f"process ended before {what}"
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _last_checkpoint_step(run_dir):
     m = run_dir / "checkpoints" / "last" / "manifest.json"
     try:
@@ -104,8 +92,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "b", *sets(*RESUME)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     b = tmp_path / "runs" / "b"
-    _wait_for(lambda: _last_checkpoint_step(b) >= 10 and max(_steps_logged(b), default=0) >= 12, proc,
-              "a checkpoint and two more steps")
+    wait_until(lambda: _last_checkpoint_step(b) >= 10 and max(_steps_logged(b), default=0) >= 12,
+               "a checkpoint and two more steps", 120, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(_steps_logged(b))
@@ -127,7 +115,7 @@ def test_sigint_saves_and_resume_finishes(tmp_path):
                              *sets("training.max_steps=100000", "training.eval_every=1000")],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     c = tmp_path / "runs" / "c"
-    _wait_for(lambda: len(_steps_logged(c)) >= 3, proc, "three steps")
+    wait_until(lambda: len(_steps_logged(c)) >= 3, "three steps", 120, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

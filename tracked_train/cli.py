@@ -88,3 +88,17 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
 
     click.echo(sample(source, prompt, max_new_tokens, temperature, top_k or None, seed))
     return 0
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@_user_errors
+def sync(run_dir: Path) -> int:
+    """Send what a run could not deliver to its MLflow server (it was down, or the process died)."""
+    from .console import setup_logging
+    from .trackers.mlflow_tracker import sync as sync_mlflow
+
+    setup_logging(None)
+    done, left = sync_mlflow(run_dir)
+    click.echo("everything is on the server" if done else f"{left} bytes of events still unsent; try again later")
+    return 0 if done else 1

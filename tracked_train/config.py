@@ -15,9 +15,10 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -93,8 +94,12 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    trackers: tuple[str, ...] = ("jsonl",)
+    trackers: tuple[str, ...] = ("jsonl", "mlflow")
     experiment: str = "tracked-train"
+    # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder.
+    mlflow_uri: str | None = None
+    # false: train even if the tracking server is down at start, spooling events.
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,10 +121,17 @@ class Config:
     console: ConsoleConfig = ConsoleConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict (tuples as lists), as written to config.yaml."""
+        """Nested plain dict (tuples as lists), as written to config.yaml, checkpoints and trackers.
+
+        Secrets never leave the process: credentials in URIs are stripped and
+        secret-looking keys redacted (pass credentials through the environment,
+        e.g. MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).
+        """
+        from .redact import redact
+
         out: dict[str, dict[str, Any]] = {}
         for sec in dataclasses.fields(self):
-            values = dataclasses.asdict(getattr(self, sec.name))
+            values = redact({k: v for k, v in dataclasses.asdict(getattr(self, sec.name)).items()})
             out[sec.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         return out
 
@@ -160,7 +172,7 @@ FIELDS = _field_types()
 
 def _unknown_key(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else f"; see `tracked-train run --help` for the keys"
+    hint = f" (did you mean '{close[0]}'?)" if close else "; see `tracked-train run --help` for the keys"
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 

@@ -56,15 +56,20 @@ def start(cfg: Config) -> int:
     run_dir.mkdir(parents=True)
     try:
         dump_yaml(cfg, run_dir / "config.yaml")
+        setup_logging(None)
+        trackers.start(RunInfo(name, run_dir, cfg))  # fails fast (exit 2) on an unreachable server
         setup_logging(run_dir / "train.log")
         log.info("run %s -> %s\n%s", name, run_dir, config_table(cfg.flat()))
-        trackers.start(RunInfo(name, run_dir, cfg))
-        parts = _prepare(cfg, run_dir, trackers)
+        try:
+            trackers.log_params(cfg.flat())
+            parts = _prepare(cfg, run_dir, trackers)
+        except BaseException:
+            trackers.abort()  # no run left RUNNING on a server
+            raise
     except UserError:
         setup_logging(None)
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    trackers.log_params(cfg.flat())
     trackers.log_artifact(run_dir / "config.yaml", "config.yaml")
     trackers.log_artifact(run_dir / "tokenizer", "tokenizer")
     return _run(parts)
@@ -119,8 +124,8 @@ def _run(parts) -> int:
         detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         trackers.finish(Outcome(Stop("failed", detail, parts.st.step), None, None, None, None, 0.0, "not learning"))
         return 1
+    _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)
-    _summary(parts, outcome)
     return outcome.stop.exit_code
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import UserError
 
@@ -96,6 +97,7 @@ class Tracker(ABC):
 _BUILTIN: dict[str, str] = {
     "jsonl": "tracked_train.trackers.jsonl:JsonlTracker",
     "null": "tracked_train.trackers.null:NullTracker",
+    "mlflow": "tracked_train.trackers.mlflow_tracker:MlflowTracker",
 }
 _REGISTERED: dict[str, Callable[..., Tracker]] = {}
 ENTRY_POINT_GROUP = "tracked_train.trackers"
@@ -176,7 +178,8 @@ class Trackers:
             started.append(t)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._each("log_params", params)
+        for t in self.trackers:  # once, before training: a refusal is bad input (exit 2), not an outage
+            t.log_params(params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._each("log_metrics", metrics, step)
@@ -189,6 +192,9 @@ class Trackers:
 
     def finish(self, outcome: Outcome) -> None:
         self._each("finish", outcome)
+
+    def abort(self) -> None:
+        self._each("abort")
 
     def state(self) -> dict[str, dict[str, Any]]:
         return {t.name: t.state() for t in self.trackers}

@@ -1,0 +1,225 @@
+"""The MLflow backend against a real `mlflow server`, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import cli, free_port, metric_lines, records, sets, wait_until
+
+SECRET = "canary-s3cr3t-4821"
+
+
+def mlflow_sets(server, *extra):
+    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={server.uri}",
+                "tracking.experiment=tests", *extra)
+
+
+def run_id_of(run_dir):
+    return json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"]
+
+
+def history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def all_artifacts(client, run_id, path=None):
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += all_artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+@pytest.fixture(scope="module")
+def completed(mlflow_server, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("completed")
+    # The canary sits in the environment and in a config value (URI credentials).
+    uri_with_password = mlflow_server.uri.replace("http://", f"http://alice:{SECRET}@")
+    r = cli("run", "--run-name", "done", *mlflow_sets(mlflow_server, "training.max_steps=30", "training.eval_every=10",
+                                                        "training.checkpoint_every=10",
+                                                        f"tracking.mlflow_uri={uri_with_password}"),
+            cwd=cwd, env={"MY_SERVICE_TOKEN": SECRET, "WANDB_API_KEY": SECRET})
+    assert r.returncode == 0, r.stderr
+    run_dir = cwd / "runs" / "done"
+    return run_dir, run_id_of(run_dir)
+
+
+def test_params_metrics_tags_status(mlflow_server, completed):
+    run_dir, run_id = completed
+    client = mlflow_server.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "done"
+    logged = next(r["params"] for r in records(run_dir) if r.get("event") == "params")
+    assert run.data.params == {k: "" if v is None else str(v) for k, v in logged.items()}
+    assert run.data.params["training.max_steps"] == "30" and run.data.params["model.d_model"] == "64"
+
+    assert history(client, run_id, "train/loss") == metric_lines(run_dir, "train/loss")
+    assert [s for s, _ in history(client, run_id, "train/loss")] == list(range(1, 31))
+    for key in ["train/lr", "train/perplexity", "train/grad_norm", "train/tokens_per_sec", "train/tokens_seen"]:
+        assert len(history(client, run_id, key)) == 30, key
+    assert [s for s, _ in history(client, run_id, "val/loss")] == [10, 20, 30]
+    assert [s for s, _ in history(client, run_id, "val/perplexity")] == [10, 20, 30]
+
+    tags = run.data.tags
+    assert tags["stop_reason"] == "completed" and tags["stop_step"] == "30"
+    assert tags["stop_detail"] == "Completed all 30 steps." == tags["mlflow.note.content"]
+    assert tags["best_step"] == "30" and float(tags["best_val_loss"]) > 0
+    assert tags["verdict"] in {"learning well", "learning slowly"}
+    assert tags["mlflow.runName"] == "done" and tags["mlflow.source.name"] == "tracked-train"
+    assert tags["mlflow.user"] and tags["torch.version"] and tags["mlflow.version"]
+
+
+def test_artifact_tree_and_model_flavor_generates(mlflow_server, completed):
+    import mlflow.pytorch
+    import sentencepiece as spm
+    import torch
+
+    run_dir, run_id = completed
+    client = mlflow_server.client()
+    paths = set(all_artifacts(client, run_id))
+    for kind in ["best", "last"]:
+        assert {f"checkpoints/{kind}/{f}" for f in
+                ["checkpoint.pt", "manifest.json", "config.yaml", "tokenizer.model"]} <= paths
+    assert {"config.yaml", "tokenizer/tokenizer.model", "train.log", "loss_curve.png", "model/MLmodel"} <= paths
+    assert not any(p.startswith("checkpoints/last/") and "step" in p for p in paths)  # replaced, not piled up
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    tok_file = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/extra_files/tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=tok_file)
+    out = model.generate(torch.tensor([sp.encode("Ada")]), 12, temperature=1.0, top_k=20)
+    assert out.shape == (1, len(sp.encode("Ada")) + 12)
+    assert len(sp.decode(out[0].tolist())) > 10
+
+
+def test_no_secret_reaches_the_server(mlflow_server, completed, tmp_path):
+    _, run_id = completed
+    client = mlflow_server.client()
+    run = client.get_run(run_id)
+    assert SECRET not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert run.data.params["tracking.mlflow_uri"] == mlflow_server.uri  # credentials stripped
+    local = client.download_artifacts(run_id, "", str(tmp_path))
+    import pathlib
+
+    for f in pathlib.Path(local).rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
+    assert SECRET.encode() not in (mlflow_server.root / "mlflow.db").read_bytes()
+
+
+def test_patience_stop_is_finished_with_reason(mlflow_server, tmp_path):
+    r = cli("run", "--run-name", "patient", *mlflow_sets(
+        mlflow_server, "training.max_steps=50", "training.eval_every=5",
+        "early_stopping.patience=1", "early_stopping.min_delta=100"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = mlflow_server.client().get_run(run_id_of(tmp_path / "runs" / "patient"))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["stop_reason"] == "patience" and run.data.tags["stop_step"] == "10"
+
+
+def test_sigterm_is_killed_with_reason_interrupted(mlflow_server, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "term",
+                             *mlflow_sets(mlflow_server, "training.max_steps=100000", "training.eval_every=1000")],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "term"
+    wait_until(lambda: len(_steps(run_dir)) >= 3, "three steps", 120, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    run = mlflow_server.client().get_run(run_id_of(run_dir))
+    assert run.info.status == "KILLED"
+    assert run.data.tags["stop_reason"] == "interrupted" and "SIGTERM" in run.data.tags["stop_detail"]
+    assert "checkpoints/last/checkpoint.pt" in all_artifacts(mlflow_server.client(), run.info.run_id)
+
+
+def _steps(run_dir):
+    try:
+        return [s for s, _ in metric_lines(run_dir)]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def test_server_outage_mid_run_loses_nothing(tmp_path, tmp_path_factory):
+    """Kill the server mid-run, restart it on the same port: every step ends up on it exactly once."""
+    from conftest import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("outage-server"))
+    server.start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "outage",
+                                 *mlflow_sets(server, "training.max_steps=600", "training.eval_every=100",
+                                              "training.checkpoint_every=100")],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        run_dir = tmp_path / "runs" / "outage"
+        wait_until(lambda: len(_steps(run_dir)) >= 20, "20 steps", 120, proc)
+        server.stop()
+        down_at = len(_steps(run_dir))
+        wait_until(lambda: len(_steps(run_dir)) >= down_at + 30, "30 steps with the server down", 120, proc)
+        server.start()
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "server unreachable" in err
+        run_id = run_id_of(run_dir)
+        client = server.client()
+        assert history(client, run_id, "train/loss") == metric_lines(run_dir, "train/loss")
+        assert len(history(client, run_id, "train/loss")) == 600
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_exits_2_quickly_and_leaves_nothing(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    r = cli("run", "--run-name", "nope", *sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={dead}"),
+            cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and dead in line and "tracking.required=false" in line
+    assert not (tmp_path / "runs" / "nope").exists()
+    assert elapsed < 30  # generous: the requirement is 10 s after start-up, imports included
+
+
+def test_not_required_trains_and_sync_delivers_later(tmp_path, tmp_path_factory):
+    from conftest import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("late-server"))  # not started yet
+    env = {"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "0"}
+    r = cli("run", "--run-name", "offline", *mlflow_sets(server, "training.max_steps=8", "tracking.required=false"),
+            cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "tracked-train sync" in r.stderr
+    server.start()
+    try:
+        s = cli("sync", str(tmp_path / "runs" / "offline"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": server.uri})
+        assert s.returncode == 0, s.stderr
+        run_id = run_id_of(tmp_path / "runs" / "offline")
+        client = server.client()
+        assert [st for st, _ in history(client, run_id, "train/loss")] == list(range(1, 9))
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert client.get_run(run_id).info.run_name == "offline"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["tracking.mlflow_uri=ftp://example.org/x"], "unsupported scheme 'ftp'"),
+])
+def test_bad_uri_scheme_exit_2(tmp_path, extra, needle):
+    r = cli("run", *sets("tracking.trackers=[jsonl, mlflow]", *extra), cwd=tmp_path)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_deleted_experiment_exit_2_and_no_run_left(mlflow_server, tmp_path):
+    client = mlflow_server.client()
+    exp_id = client.create_experiment("gone")
+    client.delete_experiment(exp_id)
+    r = cli("run", "--run-name", "x", *mlflow_sets(mlflow_server, "tracking.experiment=gone"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "experiment 'gone' is deleted" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "x").exists()
+    assert client.search_runs([exp_id], run_view_type=3) == []  # ViewType.ALL

@@ -1,0 +1,43 @@
+"""Keep secrets out of trackers: secret-looking config values and URI credentials."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+# Whole words of the key's last part: `hf_token`, `api_key`, `password`, but not `tokenizer`.
+_SECRET_KEY = re.compile(r"(?:^|[_-])(?:token|password|passwd|secret|api[_-]?key|credentials?)(?:$|[_-])",
+                         re.IGNORECASE)
+REDACTED = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))
+
+
+def strip_userinfo(uri: str) -> str:
+    """``https://user:pw@host/x`` -> ``https://host/x``; other strings unchanged."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return strip_userinfo(value) if "@" in value and "://" in value else value
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def redact(flat: dict[str, Any]) -> dict[str, Any]:
+    """Redact values of secret-looking keys; strip credentials from URI values."""
+    return {k: REDACTED if is_secret_key(k) and v not in (None, "") else _clean(v) for k, v in flat.items()}
