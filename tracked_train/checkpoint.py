@@ -109,7 +109,8 @@ def verify(folder: Path) -> dict:
             raise CheckpointError(f"checkpoint {folder}: {name} does not match its manifest (truncated or "
                                   "modified); resume from another checkpoint, e.g. checkpoints/best")
     if STATE_FILE not in manifest.get("files", {}):
-        raise CheckpointError(f"checkpoint {folder}: manifest does not list {STATE_FILE}; not a tracked-train checkpoint")
+        raise CheckpointError(f"checkpoint {folder}: manifest does not list {STATE_FILE}; "
+                              "not a tracked-train checkpoint")
     return manifest
 
 

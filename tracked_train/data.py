@@ -13,6 +13,7 @@ resume the data order exactly.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,8 +171,8 @@ def prepare(cfg: Config, tokenizer_from: bytes | None = None):
         tok = train_tokenizer(train_lines, cfg.tokenizer, data_hash)
     tok_hash = hashlib.sha256(tok.model_bytes).hexdigest()[:16]
     streams = []
-    for name, lines in (("train", train_lines), ("valid", valid_lines)):
-        key = hashlib.sha256(f"{fingerprint(lines)}|{tok_hash}".encode()).hexdigest()[:24]
+    for lines, lines_hash in ((train_lines, data_hash), (valid_lines, fingerprint(valid_lines))):
+        key = hashlib.sha256(f"{lines_hash}|{tok_hash}".encode()).hexdigest()[:24]
         cached = cache_dir() / "tokens" / f"{key}.npz"
         if cached.exists():
             z = np.load(cached)
@@ -179,7 +180,7 @@ def prepare(cfg: Config, tokenizer_from: bytes | None = None):
             continue
         s = to_stream(tok, lines)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.stem}.tmp.npz")
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, tokens=s.tokens, n_chars=np.int64(s.n_chars))
         tmp.replace(cached)
         streams.append(s)

@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,8 @@ class MlflowSink:
 
         def flush_batch() -> None:
             while metrics or params or tags:
-                self._guard("log_batch", lambda: self.client.log_batch(
-                    self.run_id, metrics=metrics[:1000], params=params[:100], tags=tags[:100]))
+                self._guard("log_batch", self.client.log_batch, self.run_id,
+                            metrics[:1000], params[:100], tags[:100])
                 del metrics[:1000], params[:100], tags[:100]
 
         superseded = self._superseded(events)
@@ -145,20 +146,20 @@ class MlflowSink:
             else:
                 flush_batch()
                 if i not in superseded:
-                    self._guard(kind, lambda: getattr(self, f"_do_{kind}")(e))
+                    self._guard(kind, getattr(self, f"_do_{kind}"), e)
                 if "src" in e:
                     _remove(self.run_dir / e["src"])
             if len(metrics) >= 1000 or len(params) >= 100 or len(tags) >= 100:
                 flush_batch()
         flush_batch()
 
-    def _guard(self, what: str, op) -> None:
+    def _guard(self, what: str, op: Callable[..., Any], *args: Any) -> None:
         """Run ``op``; an outage propagates (retry later), a refusal by a live server is reported and skipped.
 
         Retrying what a reachable server rejects would block every later event forever.
         """
         try:
-            op()
+            op(*args)
         except Exception as e:
             if not self._reachable():
                 raise
