@@ -1,4 +1,4 @@
-"""Shared helpers: the tiny model every end-to-end test trains, and a CLI runner."""
+"""Shared helpers: the tiny model every end-to-end test trains, a CLI runner, a real MLflow server."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tracked_train.testing import MlflowServer, free_port, wait_until  # noqa: F401 - re-exported to tests
 
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shakespeare"
 
@@ -47,74 +49,6 @@ def records(run_dir: Path) -> list[dict]:
 
 def metric_lines(run_dir: Path, name: str = "train/loss") -> list[tuple[int, float]]:
     return [(r["step"], r[name]) for r in records(run_dir) if name in r]
-
-
-def wait_until(predicate, what: str, deadline_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``predicate`` until it holds; fail with ``what`` at the deadline (or if ``proc`` exits)."""
-    import threading
-    import time
-
-    tick = threading.Event()
-    end = time.monotonic() + deadline_s
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        tick.wait(0.01)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` (sqlite store, local artifacts) in its own process group."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        import urllib.request
-
-        log = open(self.root / "server.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def healthy() -> bool:
-            try:
-                return urllib.request.urlopen(f"{self.uri}/health", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, "the MLflow server to answer /health", 120, self.proc)
-
-    def stop(self) -> None:
-        """Kill the whole process group (the server forks workers)."""
-        import signal
-
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.proc = None
-
-    def client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.uri)
 
 
 @pytest.fixture(scope="session")

@@ -19,3 +19,9 @@ def test_the_four_experiments_exist():
 def test_experiment_config_is_valid(path):
     cfg = config.resolve(str(path), [], environ={})
     assert cfg.training.max_steps >= 1
+
+
+def test_every_config_key_is_documented():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [k for k in config.FIELDS if f"`{k}`" not in doc]
+    assert not missing, f"document these keys in docs/configuration.md: {missing}"

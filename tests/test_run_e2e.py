@@ -124,6 +124,9 @@ def test_sigint_saves_and_resume_finishes(tmp_path):
     assert _last_checkpoint_step(c) == stop["step"] == max(_steps_logged(c))
 
     r = cli("resume", str(c), "--set", f"training.max_steps={stop['step'] + 3}", cwd=tmp_path)
+    assert r.returncode == 2 and "--allow-config-change" in r.stderr  # drift is refused by default
+    r = cli("resume", str(c), "--set", f"training.max_steps={stop['step'] + 3}", "--allow-config-change",
+            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert _steps_logged(c) == list(range(1, stop["step"] + 4))
     assert records(c)[-1]["reason"] == "completed"

@@ -26,6 +26,8 @@ from typing import Any
 
 from .errors import CheckpointError
 
+__all__ = ["CheckpointError", "load", "locate", "save", "save_copy", "verify"]
+
 STATE_FILE = "checkpoint.pt"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -61,7 +63,7 @@ def save(folder: Path, state: dict[str, Any], files: dict[str, bytes]) -> None:
     folder = Path(folder)
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = parent / f".{folder.name}.tmp", parent / f".{folder.name}.old"
+    tmp = parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     with open(tmp / STATE_FILE, "wb") as f:
@@ -76,12 +78,18 @@ def save(folder: Path, state: dict[str, Any], files: dict[str, bytes]) -> None:
         "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())},
     }
     _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _swap_in(tmp, folder)
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by the complete folder ``tmp``: two renames, then fsync the parent."""
     _fsync_dir(tmp)
+    old = folder.parent / f".{folder.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
-    _fsync_dir(parent)
+    _fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -149,3 +157,14 @@ def load(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder} is not a tracked-train checkpoint of format {FORMAT_VERSION}")
     return state
+
+
+def save_copy(src: Path, dest: Path) -> None:
+    """Install a verified checkpoint folder ``src`` at ``dest``, swapped in atomically like :func:`save`."""
+    verify(src)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    _swap_in(tmp, dest)

@@ -47,9 +47,11 @@ def main() -> None:
               help="Tracker backend, repeatable (jsonl is always on; `null` alone records nothing).")
 @click.option("--run-name", help="Name of the run and its folder (default: from key settings and time).")
 @click.option("--output-dir", help="Folder holding run folders (default: runs/).")
+@click.option("--init-from", metavar="SOURCE",
+              help="Start from the weights of a run folder, checkpoint, mlflow:RUN_ID or runs:/RUN_ID (fine-tuning).")
 @_user_errors
 def run(config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...], run_name: str | None,
-        output_dir: str | None) -> int:
+        output_dir: str | None, init_from: str | None) -> int:
     """Train a model; leaves a resumable run folder in OUTPUT_DIR/RUN_NAME.
 
     Config precedence: --set and flags > TRACKED_TRAIN_<SECTION>_<KEY> environment > --config YAML > defaults.
@@ -60,30 +62,39 @@ def run(config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...
     cfg = config.resolve(config_file, list(sets), cli)
     from . import runner
 
-    return runner.start(cfg)
+    return runner.start(cfg, init_from)
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("source")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--from", "which", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="Which checkpoint to continue from.")
+@click.option("--fork", is_flag=True, help="Continue as a new tracked run; the old one is untouched.")
+@click.option("--allow-config-change", is_flag=True,
+              help="Accept --set values that differ from the run's config (recorded as a tag and an artifact).")
 @_user_errors
-def resume(run_dir: Path, sets: tuple[str, ...]) -> int:
-    """Continue a run from its last checkpoint, exactly where it stopped."""
-    from .resume import resume_local
+def resume(source: str, sets: tuple[str, ...], which: str, fork: bool, allow_config_change: bool) -> int:
+    """Continue a run exactly where it stopped, in the same tracked run.
 
-    return resume_local(run_dir, list(sets))
+    SOURCE is a run folder, mlflow:RUN_ID or runs:/RUN_ID (the server from
+    MLFLOW_TRACKING_URI or --set tracking.mlflow_uri=...).
+    """
+    from .resume import resume as resume_run
+
+    return resume_run(source, list(sets), which, fork, allow_config_change)
 
 
 @main.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option("--prompt", required=True, help="Text to continue.")
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0.0, 10.0))
 @click.option("--top-k", default=50, show_default=True, type=click.IntRange(0, 1_000_000), help="0: no top-k.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @_user_errors
-def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> int:
-    """Sample text from SOURCE: a run folder (its best checkpoint) or a checkpoint."""
+def generate(source: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> int:
+    """Sample text from SOURCE: a run folder (its best checkpoint), a checkpoint, mlflow:RUN_ID or runs:/RUN_ID."""
     from .generate import generate as sample
 
     click.echo(sample(source, prompt, max_new_tokens, temperature, top_k or None, seed))

@@ -100,6 +100,14 @@ class TrackingConfig:
     mlflow_uri: str | None = None
     # false: train even if the tracking server is down at start, spooling events.
     required: bool = True
+    # W&B: None falls back to WANDB_PROJECT / WANDB_ENTITY, then project "tracked-train".
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    wandb_tags: tuple[str, ...] = ()
+    # Webhook alerts (`--tracker webhook` or `webhook=URL`); the URL is a secret: redacted in records.
+    webhook_url: str | None = None
+    webhook_format: Literal["json", "discord", "slack"] = "json"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 # Whole words of the key's last part: `hf_token`, `api_key`, `password`, but not `tokenizer`.
-_SECRET_KEY = re.compile(r"(?:^|[_-])(?:token|password|passwd|secret|api[_-]?key|credentials?)(?:$|[_-])",
-                         re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(?:^|[_-])(?:token|password|passwd|secret|api[_-]?key|credentials?|webhook[_-]?url)(?:$|[_-])", re.IGNORECASE)
 REDACTED = "***"
 
 

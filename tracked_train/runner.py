@@ -47,9 +47,22 @@ def _new_run_dir(cfg: Config) -> tuple[str, Path]:
     return run_dir.name, run_dir
 
 
-def start(cfg: Config) -> int:
-    """``tracked-train run``: a new run. Returns the process exit code."""
+def start(cfg: Config, init_from: str | None = None) -> int:
+    """``tracked-train run``: a new run, optionally from a logged model's weights. Returns the exit code."""
     check_files(cfg.data)
+    init_state = None
+    if init_from:
+        from .config import MODEL_SHAPE_KEYS, from_dict
+        from .resume import init_weights
+
+        init_state = init_weights(init_from, cfg.tracking.mlflow_uri)
+        source_cfg = from_dict(init_state["config"]).flat()
+        shape = {k: source_cfg[k] for k in MODEL_SHAPE_KEYS}
+        changed = {k: v for k, v in shape.items() if cfg.flat()[k] != v}
+        if changed:
+            log.warning("--init-from: the weights fix the model's shape: %s",
+                        ", ".join(f"{k}={v}" for k, v in changed.items()))
+        cfg = cfg.replace(**shape)
     trackers = Trackers.from_specs(cfg.tracking.trackers)  # unknown tracker names fail here, before any folder
     name, run_dir = _new_run_dir(cfg)
     cfg = cfg.replace(**{"run.name": name})
@@ -62,7 +75,9 @@ def start(cfg: Config) -> int:
         log.info("run %s -> %s\n%s", name, run_dir, config_table(cfg.flat()))
         try:
             trackers.log_params(cfg.flat())
-            parts = _prepare(cfg, run_dir, trackers)
+            if init_state is not None:
+                trackers.set_tags({"init_from": init_from})
+            parts = _prepare(cfg, run_dir, trackers, init=init_state)
         except BaseException:
             trackers.abort()  # no run left RUNNING on a server
             raise
@@ -75,7 +90,7 @@ def start(cfg: Config) -> int:
     return _run(parts)
 
 
-def resume(run_dir: Path, state: dict[str, Any], cfg: Config) -> int:
+def resume(run_dir: Path, state: dict[str, Any], cfg: Config, tags: dict[str, str] | None = None) -> int:
     """Continue ``run_dir`` from a loaded checkpoint ``state`` with (checked) config ``cfg``."""
     setup_logging(run_dir / "train.log")
     step = state["step"]
@@ -83,17 +98,26 @@ def resume(run_dir: Path, state: dict[str, Any], cfg: Config) -> int:
     dump_yaml(cfg, run_dir / "config.yaml")
     trackers = Trackers.from_specs(cfg.tracking.trackers)
     trackers.start(RunInfo(cfg.run.name or run_dir.name, run_dir, cfg, step, state.get("trackers")))
-    tokenizer_bytes = state["tokenizer"].numpy().tobytes()
-    parts = _prepare(cfg, run_dir, trackers, tokenizer_bytes, state)
+    if not state.get("trackers"):  # a fork: new tracker runs need their params
+        trackers.log_params(cfg.flat())
+    if tags:
+        trackers.set_tags(tags)
+        if "config_changes" in tags:
+            (run_dir / "config_changes.json").write_text(tags["config_changes"])
+            trackers.log_artifact(run_dir / "config_changes.json", "config_changes.json")
+    parts = _prepare(cfg, run_dir, trackers, resume_from=state)
     return _run(parts)
 
 
-def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, tokenizer_bytes: bytes | None = None,
-             state: dict[str, Any] | None = None):
+def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,
+             init: dict[str, Any] | None = None):
+    """Data, tokenizer and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
     from .data import prepare
     from .train import build
 
     t0 = time.perf_counter()
+    source = resume_from or init
+    tokenizer_bytes = source["tokenizer"].numpy().tobytes() if source else None
     data, tok = prepare(cfg, tokenizer_from=tokenizer_bytes)
     tok.save(run_dir / "tokenizer")
     log.info("data: %s train / %s validation tokens, vocab %d, %.2f chars/token (%.1f s)",
@@ -104,7 +128,11 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, tokenizer_bytes: by
 
         log.info("built-in corpus: entropy rate %.3f nats/char, the lowest loss any model can reach",
                  entropy_rate())
-    return build(cfg, run_dir, data, tok, trackers, state)
+    parts = build(cfg, run_dir, data, tok, trackers, resume_from)
+    if init is not None:
+        parts.model.load_state_dict(init["model"])
+        log.info("initialised the model from the weights of step %d", init["step"])
+    return parts
 
 
 def _run(parts) -> int:
@@ -116,13 +144,13 @@ def _run(parts) -> int:
     except KeyboardInterrupt:
         stop = Stop("interrupted", f"Interrupted twice at step {parts.st.step}; exited without saving.",
                     parts.st.step)
-        trackers.finish(Outcome(stop, None, None, None, None, 0.0, "not learning"))
+        trackers.finish(Outcome(stop))
         log.info("stopped: %s", stop.detail)
         return 130
     except Exception as e:
         log.error("training failed:\n%s", traceback.format_exc())
         detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        trackers.finish(Outcome(Stop("failed", detail, parts.st.step), None, None, None, None, 0.0, "not learning"))
+        trackers.finish(Outcome(Stop("failed", detail, parts.st.step)))
         return 1
     _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)

@@ -47,12 +47,12 @@ class RunInfo:
 @dataclass(frozen=True)
 class Outcome:
     stop: Stop
-    best_step: int | None
-    best_val_loss: float | None
-    initial_loss: float | None
-    final_loss: float | None
-    decrease_pct: float
-    verdict: str
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    initial_loss: float | None = None
+    final_loss: float | None = None
+    decrease_pct: float = 0.0
+    verdict: str = "not learning"
 
     def tags(self) -> dict[str, str]:
         """The end-of-run tags every backend records under the same names."""
@@ -98,6 +98,8 @@ _BUILTIN: dict[str, str] = {
     "jsonl": "tracked_train.trackers.jsonl:JsonlTracker",
     "null": "tracked_train.trackers.null:NullTracker",
     "mlflow": "tracked_train.trackers.mlflow_tracker:MlflowTracker",
+    "wandb": "tracked_train.trackers.wandb_tracker:WandbTracker",
+    "webhook": "tracked_train.trackers.webhook:WebhookTracker",
 }
 _REGISTERED: dict[str, Callable[..., Tracker]] = {}
 ENTRY_POINT_GROUP = "tracked_train.trackers"

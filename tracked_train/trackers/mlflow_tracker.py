@@ -275,15 +275,16 @@ class MlflowTracker(Tracker):
         if resuming:
             self.run_id = run.resume_state["run_id"]
             self._skip_until = self._spooled_steps()
-        self.spool.save_state(tracking_uri=strip_userinfo(uri), run_id=self.run_id, experiment=tc.experiment)
+        self.spool.save_state(tracking_uri=strip_userinfo(uri), experiment=tc.experiment,
+                              **({"run_id": self.run_id} if resuming else {}))
         sink: Any = None
         try:
             _check_reachable(uri)
             sink = MlflowSink(uri, run.run_dir, self.spool)
-            exp_id = self._experiment(sink.client, tc.experiment)
             if resuming:
-                sink.client.update_run(self.run_id, status="RUNNING")
+                self._reopen(sink.client, run.start_step)
             else:
+                exp_id = self._experiment(sink.client, tc.experiment)
                 created = sink.client.create_run(exp_id, run_name=run.name,
                                                  tags=system_tags(run.name, run.run_dir))
                 self.run_id = created.info.run_id
@@ -318,6 +319,29 @@ class MlflowTracker(Tracker):
             raise UserError(f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore "
                             f"--experiment-id {exp.experiment_id}`) or choose another tracking.experiment")
         return exp.experiment_id
+
+    def _reopen(self, client, start_step: int) -> None:
+        """Continue the same run: repair a RUNNING left by a kill -9, skip steps the server already has."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            info = client.get_run(self.run_id).info
+        except MlflowException:
+            raise UserError(f"MLflow run {self.run_id} does not exist at {strip_userinfo(client.tracking_uri)}; "
+                            "set MLFLOW_TRACKING_URI to the server that holds it, or resume with --fork") from None
+        if info.status == "RUNNING":
+            log.warning("mlflow: run %s was left RUNNING (its process was killed); marking it KILLED, then "
+                        "resuming it", self.run_id)
+            client.set_terminated(self.run_id, "KILLED")
+        client.update_run(self.run_id, status="RUNNING")
+        client.set_tag(self.run_id, "resumed_at_step", str(start_step))
+        for key, step in self._server_steps(client).items():
+            self._skip_until[key] = max(self._skip_until.get(key, 0), step)
+
+    def _server_steps(self, client) -> dict[str, int]:
+        """Highest step the server holds for each metric (it receives them in order)."""
+        keys = client.get_run(self.run_id).data.metrics
+        return {k: max((m.step for m in client.get_metric_history(self.run_id, k)), default=0) for k in keys}
 
     def _spooled_steps(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -1,0 +1,103 @@
+"""What does tracking cost the training loop?
+
+Runs the same short training in this process with different tracker sets,
+interleaved round by round (the machine is noisy, so variants share its
+moods), and prints the median throughput of each relative to `null`. Two
+regimes: the default small model (~0.25 s a step with bf16 on 2 CPU cores,
+where any logger looks cheap) and a tiny model stepping in ~20 ms (the regime
+of a GPU, where one synchronous ~50 ms MLflow call per step would more than
+halve throughput). MLflow talks to a real local `mlflow server`.
+
+    python benchmarks/tracking_overhead.py [--rounds 5] [--variants null jsonl jsonl+mlflow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REGIMES = {
+    "default (3.4M params)": {"training.max_steps": 40},
+    "tiny (~20 ms/step)": {"training.max_steps": 300, "model.d_model": 64, "model.n_layers": 2,
+                           "model.n_heads": 4, "model.seq_len": 64, "training.batch_size": 8,
+                           "tokenizer.vocab_size": 512},
+}
+COMMON = {"training.eval_every": 10**9, "training.checkpoint_every": 10**9, "training.warmup_steps": 5,
+          "console.progress": "lines", "data.builtin_chars": 1_000_000, "training.eval_batches": 2}
+
+
+def one_run(overrides: dict, trackers: list[str], out: Path, server_uri: str | None) -> float:
+    """Steps per second of the training loop itself (start and the final flush excluded)."""
+    from tracked_train import config, runner
+    from tracked_train.trackers import RunInfo, Trackers
+    from tracked_train.train import train
+
+    extra = {"tracking.trackers": trackers, "run.output_dir": str(out), "tracking.experiment": "bench"}
+    if server_uri:
+        extra["tracking.mlflow_uri"] = server_uri
+    cfg = config.build([("bench", {**COMMON, **overrides, **extra})])
+    name = f"r{time.time_ns()}"
+    run_dir = out / name
+    run_dir.mkdir(parents=True)
+    cfg = cfg.replace(**{"run.name": name})
+    tr = Trackers.from_specs(cfg.tracking.trackers)
+    tr.start(RunInfo(name, run_dir, cfg))
+    tr.log_params(cfg.flat())
+    parts = runner._prepare(cfg, run_dir, tr)
+    t0 = time.perf_counter()
+    outcome = train(parts)
+    elapsed = time.perf_counter() - t0
+    tr.finish(outcome)
+    return cfg.training.max_steps / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", nargs="+", default=["null", "jsonl", "jsonl+mlflow"])
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES))
+    args = ap.parse_args()
+
+    import logging
+
+    from tracked_train.console import setup_logging
+    from tracked_train.testing import MlflowServer
+
+    setup_logging(None)
+    logging.getLogger("tracked_train").setLevel(logging.WARNING)  # progress lines would only add noise
+    work = Path(tempfile.mkdtemp(prefix="tt-bench-"))
+    os.environ.setdefault("TRACKED_TRAIN_CACHE", str(work / "cache"))
+    server = None
+    if any("mlflow" in v for v in args.variants):
+        (work / "server").mkdir()
+        server = MlflowServer(work / "server")
+        server.start()
+    try:
+        print(f"# tracking overhead, {args.rounds} interleaved rounds, python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+        print("| regime | variant | median steps/s | ratio to null | min..max ratio |")
+        print("|---|---|---|---|---|")
+        for regime in args.regimes:
+            overrides = REGIMES[regime]
+            one_run(overrides, ["null"], work / "warmup", None)  # tokenizer cache, imports, allocator
+            rates: dict[str, list[float]] = {v: [] for v in args.variants}
+            for _ in range(args.rounds):
+                for v in args.variants:
+                    rates[v].append(one_run(overrides, v.split("+"), work / "runs", server and server.uri))
+            base = rates["null"]
+            for v in args.variants:
+                ratios = [r / b for r, b in zip(rates[v], base)]
+                print(f"| {regime} | {v} | {statistics.median(rates[v]):.2f} | {statistics.median(ratios):.3f} | "
+                      f"{min(ratios):.3f}..{max(ratios):.3f} |", flush=True)
+    finally:
+        if server:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
