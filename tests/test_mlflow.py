@@ -20,7 +20,7 @@ def mlflow_sets(server, *extra):
 
 
 def run_id_of(run_dir):
-    return json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"]
+    return json.loads((run_dir / "mlflow" / "state.json").read_text()).get("run_id")
 
 
 def history(client, run_id, key):
@@ -142,33 +142,28 @@ def _steps(run_dir):
         return []
 
 
-def test_server_outage_mid_run_loses_nothing(tmp_path, tmp_path_factory):
+def test_server_outage_mid_run_loses_nothing(mlflow_server, tmp_path):
     """Kill the server mid-run, restart it on the same port: every step ends up on it exactly once."""
-    from conftest import MlflowServer
-
-    server = MlflowServer(tmp_path_factory.mktemp("outage-server"))
-    server.start()
+    proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "outage",
+                             *mlflow_sets(mlflow_server, "training.max_steps=200", "training.eval_every=50",
+                                          "training.checkpoint_every=50")],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "outage"
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "outage",
-                                 *mlflow_sets(server, "training.max_steps=600", "training.eval_every=100",
-                                              "training.checkpoint_every=100")],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        run_dir = tmp_path / "runs" / "outage"
         wait_until(lambda: len(_steps(run_dir)) >= 20, "20 steps", 120, proc)
-        server.stop()
+        mlflow_server.stop()
         down_at = len(_steps(run_dir))
         wait_until(lambda: len(_steps(run_dir)) >= down_at + 30, "30 steps with the server down", 120, proc)
-        server.start()
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        assert "server unreachable" in err
-        run_id = run_id_of(run_dir)
-        client = server.client()
-        assert history(client, run_id, "train/loss") == metric_lines(run_dir, "train/loss")
-        assert len(history(client, run_id, "train/loss")) == 600
-        assert client.get_run(run_id).info.status == "FINISHED"
     finally:
-        server.stop()
+        mlflow_server.start()  # the same port and store; training may have ended meanwhile: it waits for us
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "server unreachable" in err
+    run_id = run_id_of(run_dir)
+    client = mlflow_server.client()
+    assert history(client, run_id, "train/loss") == metric_lines(run_dir, "train/loss")
+    assert len(history(client, run_id, "train/loss")) == 200
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_unreachable_server_exits_2_quickly_and_leaves_nothing(tmp_path):
@@ -184,26 +179,25 @@ def test_unreachable_server_exits_2_quickly_and_leaves_nothing(tmp_path):
     assert elapsed < 30  # generous: the requirement is 10 s after start-up, imports included
 
 
-def test_not_required_trains_and_sync_delivers_later(tmp_path, tmp_path_factory):
-    from conftest import MlflowServer
-
-    server = MlflowServer(tmp_path_factory.mktemp("late-server"))  # not started yet
+def test_not_required_trains_and_sync_delivers_later(mlflow_server, tmp_path):
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: the server is "down" for this run
     env = {"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "0"}
-    r = cli("run", "--run-name", "offline", *mlflow_sets(server, "training.max_steps=8", "tracking.required=false"),
+    r = cli("run", "--run-name", "offline", *mlflow_sets(mlflow_server, "training.max_steps=8",
+                                                         "tracking.required=false", f"tracking.mlflow_uri={down}"),
             cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "tracked-train sync" in r.stderr
-    server.start()
-    try:
-        s = cli("sync", str(tmp_path / "runs" / "offline"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": server.uri})
-        assert s.returncode == 0, s.stderr
-        run_id = run_id_of(tmp_path / "runs" / "offline")
-        client = server.client()
-        assert [st for st, _ in history(client, run_id, "train/loss")] == list(range(1, 9))
-        assert client.get_run(run_id).info.status == "FINISHED"
-        assert client.get_run(run_id).info.run_name == "offline"
-    finally:
-        server.stop()
+    assert run_id_of(tmp_path / "runs" / "offline") is None  # never reached a server
+
+    # Later, the server answers (here: MLFLOW_TRACKING_URI names where it is now).
+    s = cli("sync", str(tmp_path / "runs" / "offline"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert s.returncode == 0, s.stderr
+    run_id = run_id_of(tmp_path / "runs" / "offline")
+    client = mlflow_server.client()
+    assert [st for st, _ in history(client, run_id, "train/loss")] == list(range(1, 9))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).info.run_name == "offline"
+    assert "checkpoints/last/checkpoint.pt" in all_artifacts(client, run_id)
 
 
 @pytest.mark.parametrize("extra, needle", [
