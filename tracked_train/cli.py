@@ -38,6 +38,11 @@ SET_HELP = "Override a config key, e.g. --set training.lr=3e-4 (repeatable; an e
 @click.version_option(package_name="tracked-train")
 def main() -> None:
     """Train transformer language models with every run tracked, comparable and resumable."""
+    import signal
+
+    # SIGTERM outside the training loop (setup, final upload) ends like Ctrl-C: trackers close their runs.
+    # Inside the loop, train.Interrupts turns it into a clean stop after the current step.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @main.command()
@@ -113,3 +118,32 @@ def sync(run_dir: Path) -> int:
     done, left = sync_mlflow(run_dir)
     click.echo("everything is on the server" if done else f"{left} bytes of events still unsent; try again later")
     return 0 if done else 1
+
+
+@main.command()
+@click.option("--experiment", help="MLflow experiment (default: tracking.experiment's default, tracked-train).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--output-dir", default="runs", show_default=True, help="Folder of local run folders to include.")
+@_user_errors
+def runs(experiment: str | None, fmt: str, output_dir: str) -> int:
+    """List runs, newest first: MLflow (MLFLOW_TRACKING_URI or the embedded store) and local run folders."""
+    from .compare import runs_command
+
+    return runs_command(experiment, fmt, output_dir)
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write train/val loss curves of every run to a PNG.")
+@click.option("--x", "x_axis", type=click.Choice(["step", "tokens"]), default="step", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--output-dir", default="runs", show_default=True, help="Where run names are looked up locally.")
+@_user_errors
+def compare(refs: tuple[str, ...], plot: str | None, x_axis: str, fmt: str, output_dir: str) -> int:
+    """Compare runs: the params that differ, best and final metrics side by side, stop reasons.
+
+    REFS are run names, MLflow run ids, mlflow:ID, runs:/ID or run folders.
+    """
+    from .compare import compare_command
+
+    return compare_command(list(refs), plot, x_axis, fmt, output_dir)
