@@ -102,6 +102,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.every = max(1, total_steps // 100)
         self.last: dict[str, float] = {}
+        self.quiet = mode == "off"  # non-zero ranks under torchrun
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._bar = self._task = None
         if use_bar:
@@ -123,7 +124,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step,
                              stats=f"loss {loss:.3f}  lr {lr:.2e}  {tok_s:,.0f} tok/s")
-        elif step % self.every == 0:
+        elif step % self.every == 0 and not self.quiet:
             log.info(self.status_line())
 
     def status_line(self) -> str:

@@ -38,6 +38,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _redact_spec(spec: str) -> str:
+    """``webhook=https://hooks.slack.com/...`` -> ``webhook=***``: a tracker's argument may be a secret URL."""
+    name, sep, arg = spec.partition("=")
+    return f"{name}={REDACTED}" if sep and arg else spec
+
+
 def redact(flat: dict[str, Any]) -> dict[str, Any]:
-    """Redact values of secret-looking keys; strip credentials from URI values."""
-    return {k: REDACTED if is_secret_key(k) and v not in (None, "") else _clean(v) for k, v in flat.items()}
+    """Redact values of secret-looking keys and tracker arguments; strip credentials from URI values."""
+    out = {}
+    for k, v in flat.items():
+        if is_secret_key(k) and v not in (None, ""):
+            out[k] = REDACTED
+        elif k.rsplit(".", 1)[-1] == "trackers" and isinstance(v, (list, tuple)):
+            out[k] = [_redact_spec(str(s)) for s in v]
+        else:
+            out[k] = _clean(v)
+    return out

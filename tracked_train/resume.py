@@ -44,8 +44,25 @@ def check_drift(saved: config.Config, cfg: config.Config, allow: bool) -> dict[s
 
 def resume(source: str, sets: list[str], which: str = "last", fork: bool = False,
            allow_config_change: bool = False) -> int:
-    from . import runner
+    from . import distributed, runner
 
+    if distributed.init().is_main:
+        prepared = None
+        try:
+            prepared = _prepare_resume(source, sets, which, fork, allow_config_change)
+        finally:  # under torchrun the other ranks follow rank 0's folder (on a shared filesystem across nodes)
+            distributed.broadcast(None if prepared is None else (prepared[0], prepared[2]))
+        return runner.resume(*prepared)
+    shared = distributed.broadcast(None)
+    if shared is None:
+        return 2  # rank 0 reported the problem
+    run_dir, cfg = shared
+    return runner.resume(run_dir, checkpoint.load(run_dir / "checkpoints" / "last"), cfg)
+
+
+def _prepare_resume(source: str, sets: list[str], which: str, fork: bool,
+                    allow_config_change: bool) -> tuple[Path, dict[str, Any], config.Config, dict[str, str]]:
+    """Rank 0's part: fetch and check the checkpoint, settle the config and the run folder."""
     overrides = dict(config.parse_assignment(s) for s in sets)  # bad keys fail before any download
     folder, origin = sources.fetch(source, which, overrides.get("tracking.mlflow_uri"))
     state = checkpoint.load(folder)
@@ -78,7 +95,7 @@ def resume(source: str, sets: list[str], which: str = "last", fork: bool = False
         log.warning("config changed on resume: %s", tags["config_changes"])
     if origin["kind"] == "mlflow":
         shutil.rmtree(folder.parent, ignore_errors=True)
-    return runner.resume(run_dir, state, cfg, tags=tags)
+    return run_dir, state, cfg, tags
 
 
 def _fresh_dir(root: Path, name: str) -> Path:

@@ -15,11 +15,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .config import Config, dump_yaml
 from .console import config_table, setup_logging
 from .data import check_files
 from .early_stopping import Stop
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .trackers import Outcome, RunInfo, Trackers
 
 log = logging.getLogger("tracked_train")
@@ -47,8 +48,40 @@ def _new_run_dir(cfg: Config) -> tuple[str, Path]:
     return run_dir.name, run_dir
 
 
+def _check_world(cfg: Config) -> None:
+    dist = distributed.init()
+    if cfg.training.batch_size % dist.world_size:
+        raise ConfigError(f"training.batch_size={cfg.training.batch_size} must be divisible by the "
+                          f"{dist.world_size} torchrun processes (each takes an equal shard of every batch)")
+    if not dist.is_main:
+        logging.getLogger("tracked_train").setLevel(logging.WARNING)  # rank 0 speaks for the run
+
+
 def start(cfg: Config, init_from: str | None = None) -> int:
     """``tracked-train run``: a new run, optionally from a logged model's weights. Returns the exit code."""
+    _check_world(cfg)
+    if not distributed.current().is_main:
+        setup = distributed.broadcast(None)  # rank 0 names the run and makes its folder
+        if setup is None:
+            return 2  # rank 0 reported the problem
+        cfg, run_dir, tokenizer = setup
+        init = {"tokenizer": tokenizer} if tokenizer is not None else None  # DDP broadcasts rank 0's weights
+        return _run(_prepare(cfg, run_dir, Trackers([]), init=init))
+    announced = []
+
+    def ready(c: Config, d: Path, tok: Any) -> None:
+        distributed.broadcast((c, d, tok))
+        announced.append(True)
+
+    try:
+        parts = _start_main(cfg, init_from, ready)
+    finally:
+        if not announced:
+            distributed.broadcast(None)
+    return _run(parts)
+
+
+def _start_main(cfg: Config, init_from: str | None, ready) -> Any:
     check_files(cfg.data)
     init_state = None
     if init_from:
@@ -77,6 +110,7 @@ def start(cfg: Config, init_from: str | None = None) -> int:
             trackers.log_params(cfg.flat())
             if init_state is not None:
                 trackers.set_tags({"init_from": init_from})
+            ready(cfg, run_dir, init_state["tokenizer"] if init_state is not None else None)
             parts = _prepare(cfg, run_dir, trackers, init=init_state)
         except BaseException:
             trackers.abort()  # no run left RUNNING on a server
@@ -87,11 +121,14 @@ def start(cfg: Config, init_from: str | None = None) -> int:
         raise
     trackers.log_artifact(run_dir / "config.yaml", "config.yaml")
     trackers.log_artifact(run_dir / "tokenizer", "tokenizer")
-    return _run(parts)
+    return parts
 
 
 def resume(run_dir: Path, state: dict[str, Any], cfg: Config, tags: dict[str, str] | None = None) -> int:
     """Continue ``run_dir`` from a loaded checkpoint ``state`` with (checked) config ``cfg``."""
+    _check_world(cfg)
+    if not distributed.current().is_main:
+        return _run(_prepare(cfg, run_dir, Trackers([]), resume_from=state))
     setup_logging(run_dir / "train.log")
     step = state["step"]
     log.info("resuming %s from step %d\n%s", run_dir, step, config_table(cfg.flat()))
@@ -119,7 +156,8 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
     source = resume_from or init
     tokenizer_bytes = source["tokenizer"].numpy().tobytes() if source else None
     data, tok = prepare(cfg, tokenizer_from=tokenizer_bytes)
-    tok.save(run_dir / "tokenizer")
+    if distributed.current().is_main:
+        tok.save(run_dir / "tokenizer")
     log.info("data: %s train / %s validation tokens, vocab %d, %.2f chars/token (%.1f s)",
              f"{len(data.train.tokens):,}", f"{len(data.valid.tokens):,}", tok.vocab_size,
              data.valid_chars_per_token, time.perf_counter() - t0)
@@ -129,7 +167,7 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
         log.info("built-in corpus: entropy rate %.3f nats/char, the lowest loss any model can reach",
                  entropy_rate())
     parts = build(cfg, run_dir, data, tok, trackers, resume_from)
-    if init is not None:
+    if init is not None and "model" in init:
         parts.model.load_state_dict(init["model"])
         log.info("initialised the model from the weights of step %d", init["step"])
     return parts

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, TrainingConfig
 from .console import Progress, peak_tflops
 from .data import Data
@@ -142,10 +142,16 @@ class Parts:
         }
 
     def save(self, kind: str, val_loss: float | None = None) -> None:
+        """Every rank calls this (their RNG states are gathered); rank 0 writes."""
         import yaml
 
+        state = self.checkpoint_state()
+        if distributed.current().enabled:
+            state["rng_per_rank"] = distributed.gather(state["rng"])
+        if not distributed.current().is_main:
+            return
         folder = self.run_dir / "checkpoints" / kind
-        checkpoint.save(folder, self.checkpoint_state(), {
+        checkpoint.save(folder, state, {
             "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
             "tokenizer.model": self.tokenizer.model_bytes,
         })
@@ -159,22 +165,24 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
           state: dict[str, Any] | None = None) -> Parts:
     """Model, optimizer and loop state: fresh from the seed, or restored from ``state``."""
     t = cfg.training
+    dist = distributed.current()
     random.seed(t.seed)
     np.random.seed(t.seed % 2**32)
     torch.manual_seed(t.seed)
-    device = pick_device(t.device)
-    precision = pick_precision(t.precision, device)
+    kind = pick_device(t.device)
+    device = f"cuda:{dist.local_rank}" if kind == "cuda" else kind
+    precision = pick_precision(t.precision, kind)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def amp():
         if amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device, dtype=amp_dtype)
+        return torch.autocast(device_type=kind, dtype=amp_dtype)
 
     model = GPT(gpt_config(cfg, tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95),
-                                  fused=device == "cuda")
-    scaler = torch.amp.GradScaler(device if device != "mps" else "cpu", enabled=precision == "fp16")
+                                  fused=kind == "cuda")
+    scaler = torch.amp.GradScaler(kind if kind != "mps" else "cpu", enabled=precision == "fp16")
     es = cfg.early_stopping
     stopper = EarlyStopping(es.patience, es.min_delta, es.target_loss, es.divergence_factor)
     st = LoopState()
@@ -184,46 +192,71 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
         scaler.load_state_dict(state["scaler"])
         stopper.load_state_dict(state["early_stopping"])
         st = LoopState(**state["loop"])
-    forward = torch.compile(model) if t.compile else model
-    log.info("model: %s parameters (%.2f M) | device %s | precision %s%s", f"{model.num_params():,}",
-             model.num_params() / 1e6, device, precision, " | torch.compile" if t.compile else "")
+    forward = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.manual_seed(t.seed + dist.rank)  # weights came from one seed; dropout differs by rank
+        forward = DistributedDataParallel(model, device_ids=[dist.local_rank] if kind == "cuda" else None)
+    if t.compile:
+        forward = torch.compile(forward)
+    log.info("model: %s parameters (%.2f M) | device %s | precision %s%s%s", f"{model.num_params():,}",
+             model.num_params() / 1e6, device, precision, " | torch.compile" if t.compile else "",
+             f" | {dist.world_size} processes (DDP)" if dist.enabled else "")
     if state is not None:
-        _set_rng_state(state["rng"])  # last, so nothing above consumes the restored streams
+        rng = state["rng"]
+        if dist.enabled and len(state.get("rng_per_rank", [])) == dist.world_size:
+            rng = state["rng_per_rank"][dist.rank]
+        _set_rng_state(rng)  # last, so nothing above consumes the restored streams
     return Parts(cfg, run_dir, model, forward, optimizer, scaler, stopper, data, tokenizer, trackers,
                  device, amp, st)
 
 
 def train_step(p: Parts) -> tuple[float, float]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm)."""
-    t = p.cfg.training
+    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm).
+
+    Under torchrun each rank takes its shard of every batch (the batch size is
+    global), DDP averages the gradients, and the loss is averaged over ranks.
+    """
+    t, dist = p.cfg.training, distributed.current()
+    shard = t.batch_size // dist.world_size
     p.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=p.device)
-    for _ in range(t.grad_accum):
-        x, y = p.data.train.get(p.st.data_position, t.batch_size)
+    for micro in range(t.grad_accum):
+        x, y = p.data.train.get(p.st.data_position + dist.rank * shard, shard)
         p.st.data_position += t.batch_size
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
-        with p.amp():
-            _, loss = p.forward(x, y)
-        p.scaler.scale(loss / t.grad_accum).backward()
+        # Gradients are averaged across ranks once per step, on the last micro-batch.
+        sync = contextlib.nullcontext() if not dist.enabled or micro == t.grad_accum - 1 else p.forward.no_sync()
+        with sync:
+            with p.amp():
+                _, loss = p.forward(x, y)
+            p.scaler.scale(loss / t.grad_accum).backward()
         total += loss.detach()
     p.scaler.unscale_(p.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), t.grad_clip or math.inf)
     p.scaler.step(p.optimizer)
     p.scaler.update()
-    return (total / t.grad_accum).item(), grad_norm.item()
+    loss = (total / t.grad_accum).item()
+    if dist.enabled:
+        loss = distributed.all_reduce([loss])[0] / dist.world_size
+    return loss, grad_norm.item()
 
 
 @torch.no_grad()
 def evaluate(p: Parts) -> dict[str, float]:
-    t = p.cfg.training
+    t, dist = p.cfg.training, distributed.current()
     p.model.eval()
     loss_sum, n = 0.0, 0
-    for x, y in p.data.valid.eval_batches(t.eval_batches, t.batch_size):
+    for i, (x, y) in enumerate(p.data.valid.eval_batches(t.eval_batches, t.batch_size)):
+        if i % dist.world_size != dist.rank:
+            continue  # batches are spread over ranks, the result averaged over all of them
         with p.amp():
             _, loss = p.model(x.to(p.device), y.to(p.device))
         loss_sum += loss.item() * y.numel()
         n += y.numel()
     p.model.train()
+    loss_sum, n = distributed.all_reduce([loss_sum, float(n)])
     val = loss_sum / n
     return {"val/loss": val, "val/perplexity": safe_exp(val),
             "val/nats_per_char": val / p.data.valid_chars_per_token}
@@ -231,7 +264,8 @@ def evaluate(p: Parts) -> dict[str, float]:
 
 def train(p: Parts) -> Outcome:
     """Run the loop to a stop; always leaves a resumable ``last`` (except on divergence)."""
-    progress = Progress(p.cfg.training.max_steps, p.st.step, p.cfg.console.progress,
+    mode = p.cfg.console.progress if distributed.current().is_main else "off"
+    progress = Progress(p.cfg.training.max_steps, p.st.step, mode,
                         p.model.flops_per_token(), peak_tflops(p.cfg.console.peak_tflops, p.device))
     try:
         with Interrupts() as interrupts:
@@ -268,9 +302,12 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
         if stop is None and (step % t.eval_every == 0 or step == t.max_steps):
             stop = _evaluate_and_save_best(p, progress)
         p.st.elapsed_s = time.perf_counter() - clock
-        stop = stop or EarlyStopping.check_time(step, p.st.elapsed_s, t.time_budget_s)
-        if stop is None and interrupts.requested:
-            stop = Stop("interrupted", f"Interrupted by {interrupts.requested} at step {step}; "
+        out_of_time, interrupted = _agree(
+            t.time_budget_s is not None and p.st.elapsed_s >= t.time_budget_s, interrupts.requested is not None)
+        if stop is None and out_of_time:
+            stop = EarlyStopping.check_time(step, max(p.st.elapsed_s, t.time_budget_s), t.time_budget_s)
+        if stop is None and interrupted:
+            stop = Stop("interrupted", f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
                         "resume with `tracked-train resume`.", step)
         if stop is None and step >= t.max_steps:
             stop = completed(step, t.max_steps)
@@ -286,6 +323,13 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
         elif stop is not None or step % t.checkpoint_every == 0:
             p.save("last")
     return stop
+
+
+def _agree(*flags: bool) -> list[bool]:
+    """Under torchrun, a flag raised on any rank (a signal, the clock) holds on all: they stop together."""
+    if not distributed.current().enabled:
+        return list(flags)
+    return [v > 0 for v in distributed.all_reduce([float(f) for f in flags], op="max")]
 
 
 def _evaluate_and_save_best(p: Parts, progress: Progress) -> Stop | None:

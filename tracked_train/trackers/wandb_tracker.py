@@ -1,0 +1,239 @@
+"""Weights & Biases backend: online, offline (`wandb sync` later) or disabled.
+
+The run lives in ``<run>/wandb-files/wandb/``. Metrics go through ``run.log``,
+which hands them to W&B's own service process (so the training thread never
+waits on the network); checkpoints become versions of one ``model`` artifact
+named after the run, built and logged on a small background thread from
+hard-linked snapshots. Secrets stay out: the config is the redacted one, and
+W&B's metadata capture (command line, program, git state, code) is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..redact import redact
+from .base import Outcome, RunInfo, Tracker
+from .mlflow_tracker import _remove, _snapshot
+
+log = logging.getLogger("tracked_train")
+
+DEFAULT_PROJECT = "tracked-train"
+FOLDER = "wandb-files"  # wandb writes <run>/wandb-files/wandb/<offline-run|run>-<time>-<id>/
+ALIASES = {"best": "best", "last": "latest"}  # W&B also puts "latest" on every newest version
+
+
+def artifact_name(run_name: str) -> str:
+    """The run name in the characters W&B allows in an artifact name (and at most 128 of them)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", run_name)[:128] or "model"
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"training.lr": 1e-3}`` -> ``{"training": {"lr": 1e-3}}``: the shape W&B shows its config in."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        if name:
+            out.setdefault(section, {})[name] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _wandb():  # noqa: ANN202 - the module, imported only when a run asks for W&B
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("the wandb tracker needs the wandb package: pip install wandb") from None
+    return wandb
+
+
+class WandbTracker(Tracker):
+    name = "wandb"
+
+    def __init__(self) -> None:
+        self._run: Any = None
+        self._uploader: _Uploader | None = None
+        self._folder = Path()
+        self._offline = False
+        self._last_step = 0
+        self._skip_through = 0  # steps W&B already holds (a resumed run): logging them again is dropped
+
+    def start(self, run: RunInfo) -> None:
+        wandb = _wandb()
+        mode = wandb.setup().settings.mode  # WANDB_MODE, `wandb offline`, or a settings file
+        if mode == "disabled":
+            log.info("wandb: WANDB_MODE=disabled, nothing is recorded")
+            return
+        offline = self._offline = mode in ("offline", "dryrun")
+        if not offline:
+            self._check_credentials(wandb)
+        tc, prev = run.config.tracking, run.resume_state or {}
+        self._folder = (run.run_dir / FOLDER).resolve()  # absolute: `wandb sync` may run from anywhere
+        self._folder.mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings(
+            save_code=False, disable_code=True, disable_git=True, disable_job_creation=True,
+            x_disable_meta=True,  # the metadata holds sys.argv, where --set may have put a secret
+            allow_val_change=True,  # a resumed run may carry changed values (--allow-config-change)
+            quiet=True,  # no end-of-run dump: tracked-train prints its own summary; W&B's warnings still show
+        )
+        try:
+            self._run = wandb.init(
+                project=prev.get("project") or tc.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                entity=prev.get("entity") or tc.wandb_entity or None,  # None: wandb reads WANDB_ENTITY
+                group=tc.wandb_group, tags=list(tc.wandb_tags) or None, job_type="train",
+                name=run.name, config=run.config.to_dict(), dir=str(self._folder), settings=settings,
+                id=prev.get("run_id"), resume="allow" if prev.get("run_id") else None,
+            )
+        except Exception as e:  # noqa: BLE001 - network, server or auth trouble: bad input, exit 2
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"W&B could not start the run ({why}); check the network and WANDB_API_KEY, "
+                            "or set WANDB_MODE=offline to record locally and `wandb sync` later") from None
+        r = self._run
+        r.define_metric("step")
+        r.define_metric("train/*", step_metric="step")
+        r.define_metric("val/*", step_metric="step")
+        r.define_metric("train/tokens_seen", step_metric="step", summary="max")  # an x-axis for any metric
+        r.define_metric("val/loss", step_metric="step", summary="min")
+        # A resumed run: the checkpoint knows what it logged, the server may know more (a kill -9).
+        self._last_step = self._skip_through = max(int(prev.get("last_step") or 0), r.starting_step - 1, 0)
+        self._uploader = _Uploader(r, artifact_name(run.name), offline)
+        if offline:  # `wandb sync` of the folder uploads every segment of a resumed run, in order
+            log.info("wandb: offline run %s in %s; upload it with `wandb sync %s`", r.id, Path(r.dir).parent,
+                     self._folder / "wandb")
+        else:
+            log.info("wandb: run %s (%s)", r.id, r.url)
+
+    @staticmethod
+    def _check_credentials(wandb: Any) -> None:
+        """Fail in a second, not after W&B's prompt or its 90 s of retries, when no key is configured."""
+        try:
+            ok = wandb.login(prompt=False, verify=False)  # WANDB_API_KEY, ~/.netrc, or a settings file
+        except Exception as e:  # noqa: BLE001 - e.g. a malformed key
+            ok, why = False, str(e).strip().splitlines()[0][:200]
+        else:
+            why = "no API key configured"
+        if not ok:
+            raise UserError(f"W&B is in online mode but has no credentials ({why}); set WANDB_API_KEY or run "
+                            "`wandb login`, or set WANDB_MODE=offline to record locally and `wandb sync` later")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self._run is not None:
+            self._run.config.update(_nested(redact(params)), allow_val_change=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        # W&B drops a step lower than one it has seen; the train and val calls of one step merge into one row.
+        if self._run is None or step <= self._skip_through:
+            return
+        self._run.log({"step": step, **metrics}, step=step)
+        self._last_step = step
+
+    def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
+        # Only checkpoints: the config is the run's config, the tokenizer is in every checkpoint, and
+        # the console (train.log's lines) is captured by W&B as output.log.
+        kind = artifact_path.removeprefix("checkpoints/")
+        if self._uploader is None or kind not in ALIASES:
+            return
+        snap = self._folder / "uploads" / f"{time.time_ns()}-{kind}"
+        _snapshot(Path(local_path), snap)  # hard links: the checkpoint folder is swapped atomically later
+        self._uploader.put(kind, snap, {"kind": kind, **(metadata or {})})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._run is not None:
+            self._run.summary.update(dict(tags))  # W&B tags are labels; key/values live in the summary
+
+    def finish(self, outcome: Outcome) -> None:
+        if self._run is None:
+            return
+        stop = outcome.stop
+        numeric = {"stop_step": stop.step, "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss}
+        summary = {**outcome.tags(), **numeric}  # the same names as MLflow's tags, numbers kept numbers
+        self._run.summary.update({k: v for k, v in summary.items() if v not in (None, "")})
+        self._close(stop.exit_code)
+
+    def abort(self) -> None:
+        """The run never trained: end it as failed (W&B offers no delete from the client)."""
+        if self._run is not None:
+            self._close(1)
+
+    def _close(self, exit_code: int) -> None:
+        self._uploader.close()
+        self._run.finish(exit_code=exit_code)  # waits for W&B's service to write (and upload) everything
+        if not self._offline:  # uploaded: the snapshots were needed until now; offline, `wandb sync` reads them
+            shutil.rmtree(self._folder / "uploads", ignore_errors=True)
+        self._run = None
+
+    def state(self) -> dict[str, Any]:
+        if self._run is None:
+            return {}
+        return {"entity": self._run.entity, "project": self._run.project, "run_id": self._run.id,
+                "last_step": self._last_step}
+
+
+class _Uploader:
+    """Turns checkpoint snapshots into artifact versions on a background thread.
+
+    Building an artifact hashes every file, and logging one online asks the
+    server a question first: neither belongs on the training thread. One slot
+    per kind: a newer ``last`` replaces one not yet logged. Offline the slots
+    are logged only at the end, so a long run keeps two snapshots, not one per
+    checkpoint, until `wandb sync` reads them.
+    """
+
+    def __init__(self, run: Any, name: str, offline: bool):
+        self.run, self.name, self.offline = run, name, offline
+        self._slots: dict[str, tuple[Path, dict[str, Any]]] = {}  # in the order they were put
+        self._cond = threading.Condition()
+        self._closing = False
+        self._warned = False
+        self._thread = threading.Thread(target=self._loop, name="wandb-artifacts", daemon=True)
+        self._thread.start()
+
+    def put(self, kind: str, snapshot: Path, metadata: dict[str, Any]) -> None:
+        with self._cond:
+            old = self._slots.pop(kind, None)
+            self._slots[kind] = (snapshot, metadata)
+            self._cond.notify()
+        if old is not None:
+            _remove(old[0])  # superseded before it was logged
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closing or (self._slots and not self.offline))
+                batch, closing = list(self._slots.items()), self._closing
+                self._slots.clear()
+            for kind, (snap, meta) in batch:  # best before last at one step: "latest" ends on last
+                self._log(kind, snap, meta)
+            if closing:
+                return
+
+    def _log(self, kind: str, snap: Path, meta: dict[str, Any]) -> None:
+        import wandb
+
+        try:
+            art = wandb.Artifact(self.name, type="model", metadata=meta,
+                                 description=f"{kind} checkpoint at step {meta.get('step')}")
+            art.add_dir(str(snap), skip_cache=True, policy="immutable")  # no copy: the snapshot is ours
+            self.run.log_artifact(art, aliases=[ALIASES[kind]])
+            if not self.offline:
+                art.wait()  # uploaded: the snapshot can go
+                _remove(snap)
+        except Exception as e:  # noqa: BLE001 - a lost upload must not cost the run
+            if not self._warned:
+                self._warned = True
+                log.warning("wandb: could not log the %s checkpoint: %s", kind, str(e).splitlines()[0][:200])

@@ -1,0 +1,276 @@
+"""Webhook alerts: a JSON POST when a run starts, evaluates, misbehaves and stops.
+
+``--tracker webhook=URL``, else ``tracking.webhook_url``, else the
+``TRACKED_TRAIN_WEBHOOK_URL`` environment variable. The URL is a secret (chat
+webhooks carry their token in the path): it is redacted from every record and
+never logged, so on resume it must come from the environment or ``--set``.
+``tracking.webhook_format`` shapes the body: ``json`` (the event object),
+``discord`` (``{"content": text}``) or ``slack`` (``{"text": text}``).
+
+The training thread only appends to a bounded queue; one sender thread POSTs
+with retries and backoff. A dead or hanging endpoint costs the run nothing but
+the bounded wait at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import UserError
+from ..redact import REDACTED
+from .base import Outcome, RunInfo, Tracker
+
+log = logging.getLogger("tracked_train")
+
+ENV_URL = "TRACKED_TRAIN_WEBHOOK_URL"
+QUEUE_MAX = 1000
+TRIES, FIRST_BACKOFF_S, REQUEST_TIMEOUT_S = 3, 0.5, 5.0
+SPIKE_FACTOR, SPIKE_AFTER_STEPS, SPIKE_EVERY_STEPS = 2.0, 20, 100
+
+
+def _usable(url: str | None) -> bool:
+    return bool(url) and REDACTED not in url  # a resumed run's config holds "***", not the URL
+
+
+def _where(url: str) -> str:
+    """``https://hooks.slack.com/services/T/B/secret`` -> ``https://hooks.slack.com/…``: loggable."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or '?'}{port}/…"
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN/Infinity: send them as strings rather than a body the endpoint cannot parse.
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+def _number(value: Any) -> float:
+    return math.inf if value is None else float(value)
+
+
+class WebhookTracker(Tracker):
+    name = "webhook"
+
+    def __init__(self, url: str | None = None):
+        self._arg = url
+        self.url = ""
+        self.format = "json"
+        self._sender: _Sender | None = None
+        self._run = ""
+        self._patience: int | None = None
+        self._min_delta = 0.0
+        self._best_val = math.inf
+        self._evals_without_improvement = 0
+        self._min_loss = math.inf
+        self._losses_seen = 0
+        self._last_spike_step: int | None = None
+        self._warned_non_finite = False
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self, run: RunInfo) -> None:
+        tc = run.config.tracking
+        url = next((u for u in (self._arg, tc.webhook_url, os.environ.get(ENV_URL)) if _usable(u)), None)
+        if url is None:
+            raise UserError(f"the webhook tracker needs a URL: --tracker webhook=URL, tracking.webhook_url or "
+                            f"{ENV_URL} (on resume the recorded URL is redacted: set {ENV_URL})")
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise UserError(f"webhook URL {_where(url)!r} is not an http(s) URL; use e.g. https://host/path")
+        self.url, self.format, self._run = url, tc.webhook_format, run.name
+        self._patience = run.config.early_stopping.patience
+        self._min_delta = run.config.early_stopping.min_delta
+        state = run.resume_state or {}
+        self._best_val = _number(state.get("best_val_loss"))
+        self._min_loss = _number(state.get("min_train_loss"))
+        self._sender = _Sender(url)
+        self._sender.start()
+        max_steps = run.config.training.max_steps
+        if run.start_step:
+            self._post("resume", run.start_step, f"resumed at step {run.start_step} of {max_steps}",
+                       max_steps=max_steps, run_dir=str(run.run_dir.resolve()))
+        else:
+            self._post("start", 0, f"started ({max_steps} steps)", max_steps=max_steps,
+                       run_dir=str(run.run_dir.resolve()))
+        log.info("webhook: alerts go to %s (%s)", _where(url), self.format)
+
+    # -- events (training thread: build a dict, append, return) ----------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass  # the config is not an alert (and may hold what a chat channel should not see)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        loss = metrics.get("train/loss")
+        if loss is not None:
+            self._check_train_loss(float(loss), step)
+        if "val/loss" in metrics:
+            self._on_eval({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
+
+    def _check_train_loss(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            if not self._warned_non_finite:
+                self._warned_non_finite = True
+                self._post("anomaly", step, f"train loss is {loss} at step {step}", kind="non_finite_loss",
+                           value=loss)
+            return
+        self._losses_seen += 1
+        spiking = (self._losses_seen > SPIKE_AFTER_STEPS and loss > SPIKE_FACTOR * self._min_loss
+                   and (self._last_spike_step is None or step - self._last_spike_step >= SPIKE_EVERY_STEPS))
+        if spiking:
+            self._last_spike_step = step
+            self._post("anomaly", step, f"loss spike at step {step}: train loss {loss:.4f} is over "
+                       f"{SPIKE_FACTOR:g}x its minimum {self._min_loss:.4f}", kind="loss_spike", value=loss,
+                       min_loss=self._min_loss)
+        self._min_loss = min(self._min_loss, loss)
+
+    def _on_eval(self, val: dict[str, float], step: int) -> None:
+        loss = float(val["val/loss"])
+        improved = loss < self._best_val - self._min_delta  # the early-stopping rule
+        if improved:
+            self._best_val, self._evals_without_improvement = loss, 0
+        else:
+            self._evals_without_improvement += 1
+        best = self._best_val if math.isfinite(self._best_val) else None
+        self._post("eval", step, f"step {step}: val loss {loss:.4f}" + (" (new best)" if improved else
+                   f" (best {self._best_val:.4f})"), metrics=val, best_val_loss=best, improved=improved)
+        # Half of patience without improvement: a warning while there is still time to act.
+        if self._patience and self._patience // 2 and self._evals_without_improvement == self._patience // 2:
+            n = self._evals_without_improvement
+            self._post("anomaly", step, f"val loss has not improved for {n} evaluation{'s' * (n > 1)} "
+                       f"(patience {self._patience}); best {self._best_val:.4f}",
+                       kind="no_improvement", evals_without_improvement=self._evals_without_improvement,
+                       best_val_loss=best)
+
+    def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
+        pass  # checkpoints are not alerts
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def finish(self, outcome: Outcome) -> None:
+        if self._sender is None:
+            return
+        s = outcome.stop
+        best = ""
+        if outcome.best_val_loss is not None:
+            best = f" Best val loss {outcome.best_val_loss:.4f} at step {outcome.best_step}."
+        self._post("stop", s.step, f"stopped ({s.reason}) at step {s.step}. {s.detail}{best}", reason=s.reason,
+                   detail=s.detail, best_val_loss=outcome.best_val_loss, best_step=outcome.best_step,
+                   verdict=outcome.verdict, exit_code=s.exit_code)
+        self._close()
+
+    def abort(self) -> None:
+        if self._sender is not None:
+            self._close()
+
+    def _close(self) -> None:
+        timeout = float(os.environ.get("TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT", "10"))
+        sent, lost = self._sender.close(min(timeout, 10.0))
+        if lost:
+            log.warning("webhook: %d of %d alerts to %s were not delivered", lost, sent + lost, _where(self.url))
+        self._sender = None
+
+    def state(self) -> dict[str, Any]:
+        # Running values, so a resumed run's alerts compare against the whole run (never the URL: a secret).
+        return {"best_val_loss": self._best_val if math.isfinite(self._best_val) else None,
+                "min_train_loss": self._min_loss if math.isfinite(self._min_loss) else None}
+
+    def _post(self, event: str, step: int, text: str, **fields: Any) -> None:
+        text = f"tracked-train run `{self._run}`: {text}"
+        if self.format == "discord":
+            body: dict[str, Any] = {"content": text[:1900]}  # Discord refuses content over 2000 characters
+        elif self.format == "slack":
+            body = {"text": text}
+        else:
+            body = {"event": event, "run": self._run, "step": step, "time": time.time(), "text": text,
+                    **_finite(fields)}
+        self._sender.put(body)
+
+
+class _Sender:
+    """POSTs queued bodies on a daemon thread; a full queue drops its oldest body."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.queue: deque[dict[str, Any]] = deque()
+        self.sent = self.failed = self.dropped = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._busy = False
+        self._warned = False
+        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, body: dict[str, Any]) -> None:
+        with self._cond:
+            if len(self.queue) >= QUEUE_MAX:
+                self.queue.popleft()
+                self.dropped += 1
+            self.queue.append(body)
+            self._cond.notify()
+
+    def close(self, timeout_s: float) -> tuple[int, int]:
+        """Wait up to ``timeout_s`` for the queue to drain; returns (delivered, not delivered)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self.queue and not self._busy, timeout=timeout_s)
+            left = len(self.queue) + self._busy
+            self.queue.clear()  # out of time: the thread ends after the request in flight, if any
+        # A request still hanging is abandoned with its daemon thread: the run does not wait on it.
+        return self.sent, self.failed + self.dropped + left
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self.queue or self._closing)
+                if not self.queue:
+                    return
+                body = self.queue.popleft()
+                self._busy = True
+            ok = self._send(body)
+            with self._cond:
+                self._busy = False
+                self.sent += ok
+                self.failed += not ok
+                self._cond.notify_all()
+
+    def _send(self, body: dict[str, Any]) -> bool:
+        from .. import __version__
+
+        data = json.dumps(body, allow_nan=False, default=str).encode()
+        # A User-Agent of our own: some hosts (Discord's) refuse Python's default one.
+        headers = {"Content-Type": "application/json", "User-Agent": f"tracked-train/{__version__}"}
+        backoff, why = FIRST_BACKOFF_S, ""
+        for attempt in range(TRIES):
+            if attempt:
+                time.sleep(backoff)  # the sender thread's own pace; training never waits on it
+                backoff *= 2
+            try:
+                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+                    resp.read()
+                return True
+            except urllib.error.HTTPError as e:
+                why = f"HTTP {e.code}"
+                if e.code < 500 and e.code != 429:
+                    break  # the endpoint refused this body: resending will not change its mind
+            except Exception as e:  # noqa: BLE001 - refused, unreachable, timed out, garbled: the thread lives on
+                why = str(getattr(e, "reason", e)) or type(e).__name__
+        if not self._warned:
+            self._warned = True
+            log.warning("webhook: could not deliver a '%s' alert to %s (%s); training continues",
+                        body.get("event", "message"), _where(self.url), why)
+        return False
