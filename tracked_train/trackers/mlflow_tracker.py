@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import UserError
 from ..redact import redact, strip_userinfo
 from .base import Outcome, RunInfo, Tracker
+from .snapshot import remove, snapshot
 from .spool import Sender, Spool
 
 log = logging.getLogger("tracked_train")
@@ -85,29 +86,6 @@ def system_tags(run_name: str, run_dir: Path) -> dict[str, str]:
     return tags
 
 
-def _snapshot(src: Path, dest: Path) -> None:
-    """Hard-link ``src`` (file or folder) to ``dest``: free, and immune to the next atomic swap."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dest, copy_function=_link_or_copy)
-    else:
-        _link_or_copy(src, dest)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _link_or_copy(src: str | Path, dest: str | Path) -> None:
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
-
-
 class MlflowSink:
     """Sends spooled events to MLflow (runs on the sender thread, or in `sync`)."""
 
@@ -148,7 +126,7 @@ class MlflowSink:
                 if i not in superseded:
                     self._guard(kind, getattr(self, f"_do_{kind}"), e)
                 if "src" in e:
-                    _remove(self.run_dir / e["src"])
+                    remove(self.run_dir / e["src"])
             if len(metrics) >= 1000 or len(params) >= 100 or len(tags) >= 100:
                 flush_batch()
         flush_batch()
@@ -367,7 +345,7 @@ class MlflowTracker(Tracker):
     def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
         self._seq += 1
         src = Path("mlflow") / "uploads" / f"{self._seq:06d}-{time.time_ns()}"
-        _snapshot(Path(local_path), self.run_dir / src)
+        snapshot(Path(local_path), self.run_dir / src)
         self.spool.append({"k": "artifact", "src": str(src), "dst": artifact_path})
         self.sender.wake()
 
@@ -384,7 +362,7 @@ class MlflowTracker(Tracker):
         if best.exists():
             self._seq += 1
             src = Path("mlflow") / "uploads" / f"{self._seq:06d}-model"
-            _snapshot(best, self.run_dir / src)
+            snapshot(best, self.run_dir / src)
             self.spool.append({"k": "model", "src": str(src)})
         log_file = self.run_dir / "train.log"
         if log_file.exists():

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import UserError
 from ..redact import redact
 from .base import Outcome, RunInfo, Tracker
-from .mlflow_tracker import _remove, _snapshot
+from .snapshot import remove, snapshot
 
 log = logging.getLogger("tracked_train")
 
@@ -143,7 +143,7 @@ class WandbTracker(Tracker):
         if self._uploader is None or kind not in ALIASES:
             return
         snap = self._folder / "uploads" / f"{time.time_ns()}-{kind}"
-        _snapshot(Path(local_path), snap)  # hard links: the checkpoint folder is swapped atomically later
+        snapshot(Path(local_path), snap)  # hard links: the checkpoint folder is swapped atomically later
         self._uploader.put(kind, snap, {"kind": kind, **(metadata or {})})
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -203,7 +203,7 @@ class _Uploader:
             self._slots[kind] = (snapshot, metadata)
             self._cond.notify()
         if old is not None:
-            _remove(old[0])  # superseded before it was logged
+            remove(old[0])  # superseded before it was logged
 
     def close(self) -> None:
         with self._cond:
@@ -232,7 +232,7 @@ class _Uploader:
             self.run.log_artifact(art, aliases=[ALIASES[kind]])
             if not self.offline:
                 art.wait()  # uploaded: the snapshot can go
-                _remove(snap)
+                remove(snap)
         except Exception as e:  # noqa: BLE001 - a lost upload must not cost the run
             if not self._warned:
                 self._warned = True
