@@ -8,7 +8,7 @@ where any logger looks cheap) and a tiny model stepping in ~20 ms (the regime
 of a GPU, where one synchronous ~50 ms MLflow call per step would more than
 halve throughput). MLflow talks to a real local `mlflow server`.
 
-    python benchmarks/tracking_overhead.py [--rounds 5] [--variants null jsonl jsonl+mlflow]
+    python benchmarks/tracking_overhead.py [--rounds 5] [--variants null jsonl jsonl+mlflow jsonl+mlflow+wandb]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def one_run(overrides: dict, trackers: list[str], out: Path, server_uri: str | N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--variants", nargs="+", default=["null", "jsonl", "jsonl+mlflow"])
+    ap.add_argument("--variants", nargs="+", default=["null", "jsonl", "jsonl+mlflow", "jsonl+mlflow+wandb"])
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES))
     args = ap.parse_args()
 
@@ -72,6 +72,7 @@ def main() -> None:
     logging.getLogger("tracked_train").setLevel(logging.WARNING)  # progress lines would only add noise
     work = Path(tempfile.mkdtemp(prefix="tt-bench-"))
     os.environ.setdefault("TRACKED_TRAIN_CACHE", str(work / "cache"))
+    os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server here; offline still runs its service process
     server = None
     if any("mlflow" in v for v in args.variants):
         (work / "server").mkdir()

@@ -1,0 +1,113 @@
+"""tracked-train's loop against a bare PyTorch loop of the same model, data and settings.
+
+The bare loop below is what a user would write by hand (nanoGPT style): the
+same GPT, AdamW groups, warmup + cosine schedule, clipping and bf16 autocast on
+the same token batches, with no tracking at all. tracked-train runs with its
+default trackers (jsonl + MLflow on a real local server). Rounds are
+interleaved; the ratio is tracked-train's steps/s over the bare loop's.
+
+    python benchmarks/vs_bare_loop.py [--rounds 5] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tracking_overhead import COMMON, REGIMES, one_run  # noqa: E402
+
+
+def bare_loop(overrides: dict, steps: int) -> float:
+    """Steps per second of a hand-written loop on tracked-train's model and batches."""
+    import torch
+
+    from tracked_train import config
+    from tracked_train.data import prepare
+    from tracked_train.model import GPT, param_groups
+    from tracked_train.train import gpt_config, pick_precision
+
+    cfg = config.build([("bench", {**COMMON, **overrides, "training.max_steps": steps})])
+    t = cfg.training
+    data, tok = prepare(cfg)
+    torch.manual_seed(t.seed)
+    model = GPT(gpt_config(cfg, tok.vocab_size))
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95))
+    bf16 = pick_precision("auto", "cpu") == "bf16"
+    pos = 0
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        if step <= t.warmup_steps:
+            lr = t.lr * step / t.warmup_steps
+        else:
+            progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+            lr = t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = data.train.get(pos, t.batch_size)
+        pos += t.batch_size
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        loss.item()  # the bare loop reads its loss too (to print it), as every real loop does
+    # Like tracked-train's run, end with an evaluation and a checkpoint.
+    model.eval()
+    with torch.no_grad(), (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
+        for x, y in data.valid.eval_batches(t.eval_batches, t.batch_size):
+            model(x, y)[1].item()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / "ckpt.pt")
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES))
+    args = ap.parse_args()
+
+    import logging
+
+    from tracked_train.console import setup_logging
+    from tracked_train.testing import MlflowServer
+
+    setup_logging(None)
+    logging.getLogger("tracked_train").setLevel(logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="tt-bare-"))
+    os.environ.setdefault("TRACKED_TRAIN_CACHE", str(work / "cache"))
+    (work / "server").mkdir()
+    server = MlflowServer(work / "server")
+    server.start()
+    try:
+        print(f"# tracked-train (jsonl+mlflow) vs a bare PyTorch loop, {args.rounds} interleaved rounds, "
+              f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+        print("| regime | bare steps/s | tracked-train steps/s | ratio (median) | min..max |")
+        print("|---|---|---|---|---|")
+        for regime in args.regimes:
+            overrides = REGIMES[regime]
+            steps = overrides["training.max_steps"]
+            bare_loop(overrides, 5)  # warm-up: tokenizer cache, allocator
+            bare, tracked = [], []
+            for _ in range(args.rounds):
+                bare.append(bare_loop(overrides, steps))
+                tracked.append(one_run(overrides, ["jsonl", "mlflow"], work / "runs", server.uri))
+            ratios = [a / b for a, b in zip(tracked, bare)]
+            print(f"| {regime} | {statistics.median(bare):.2f} | {statistics.median(tracked):.2f} | "
+                  f"{statistics.median(ratios):.3f} | {min(ratios):.3f}..{max(ratios):.3f} |", flush=True)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
