@@ -61,36 +61,38 @@ def start(cfg: Config, init_from: str | None = None) -> int:
     """``tracked-train run``: a new run, optionally from a logged model's weights. Returns the exit code."""
     _check_world(cfg)
     if not distributed.current().is_main:
-        setup = distributed.broadcast(None)  # rank 0 names the run and makes its folder
-        if setup is None:
+        opened = distributed.broadcast(None)  # rank 0 names the run and makes its folder
+        if opened is None:
             return 2  # rank 0 reported the problem
-        cfg, run_dir, tokenizer = setup
+        cfg, run_dir, tokenizer = opened
         init = {"tokenizer": tokenizer} if tokenizer is not None else None  # DDP broadcasts rank 0's weights
         return _run(_prepare(cfg, run_dir, Trackers([]), init=init))
-    announced = []
-
-    def ready(c: Config, d: Path, tok: Any) -> None:
-        distributed.broadcast((c, d, tok))
-        announced.append(True)
-
+    opened = None
     try:
-        parts = _start_main(cfg, init_from, ready)
+        cfg, run_dir, trackers, init = _open_run(cfg, init_from)
+        opened = (cfg, run_dir, init["tokenizer"] if init else None)
     finally:
-        if not announced:
-            distributed.broadcast(None)
+        distributed.broadcast(opened)
+    try:
+        parts = _prepare(cfg, run_dir, trackers, init=init)
+    except BaseException as e:
+        _discard(run_dir, trackers, remove_folder=isinstance(e, UserError))
+        raise
+    trackers.log_artifact(run_dir / "config.yaml", "config.yaml")
+    trackers.log_artifact(run_dir / "tokenizer", "tokenizer")
     return _run(parts)
 
 
-def _start_main(cfg: Config, init_from: str | None, ready) -> Any:
+def _open_run(cfg: Config, init_from: str | None) -> tuple[Config, Path, Trackers, dict[str, Any] | None]:
+    """Check the input, make the run folder and start the trackers' runs (bad input: exit 2, nothing left)."""
     check_files(cfg.data)
-    init_state = None
+    init = None
     if init_from:
         from .config import MODEL_SHAPE_KEYS, from_dict
         from .resume import init_weights
 
-        init_state = init_weights(init_from, cfg.tracking.mlflow_uri)
-        source_cfg = from_dict(init_state["config"]).flat()
-        shape = {k: source_cfg[k] for k in MODEL_SHAPE_KEYS}
+        init = init_weights(init_from, cfg.tracking.mlflow_uri)
+        shape = {k: v for k, v in from_dict(init["config"]).flat().items() if k in MODEL_SHAPE_KEYS}
         changed = {k: v for k, v in shape.items() if cfg.flat()[k] != v}
         if changed:
             log.warning("--init-from: the weights fix the model's shape: %s",
@@ -100,28 +102,30 @@ def _start_main(cfg: Config, init_from: str | None, ready) -> Any:
     name, run_dir = _new_run_dir(cfg)
     cfg = cfg.replace(**{"run.name": name})
     run_dir.mkdir(parents=True)
+    started = False
     try:
         dump_yaml(cfg, run_dir / "config.yaml")
         setup_logging(None)
         trackers.start(RunInfo(name, run_dir, cfg))  # fails fast (exit 2) on an unreachable server
+        started = True
         setup_logging(run_dir / "train.log")
         log.info("run %s -> %s\n%s", name, run_dir, config_table(cfg.flat()))
-        try:
-            trackers.log_params(cfg.flat())
-            if init_state is not None:
-                trackers.set_tags({"init_from": init_from})
-            ready(cfg, run_dir, init_state["tokenizer"] if init_state is not None else None)
-            parts = _prepare(cfg, run_dir, trackers, init=init_state)
-        except BaseException:
-            trackers.abort()  # no run left RUNNING on a server
-            raise
-    except UserError:
+        trackers.log_params(cfg.flat())
+        if init is not None:
+            trackers.set_tags({"init_from": init_from})
+    except BaseException as e:
+        _discard(run_dir, trackers if started else None, remove_folder=isinstance(e, UserError))
+        raise
+    return cfg, run_dir, trackers, init
+
+
+def _discard(run_dir: Path, trackers: Trackers | None, remove_folder: bool) -> None:
+    """Undo a run that never trained: no run left RUNNING on a server; no folder left for bad input."""
+    if trackers is not None:
+        trackers.abort()
+    if remove_folder:
         setup_logging(None)
         shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    trackers.log_artifact(run_dir / "config.yaml", "config.yaml")
-    trackers.log_artifact(run_dir / "tokenizer", "tokenizer")
-    return parts
 
 
 def resume(run_dir: Path, state: dict[str, Any], cfg: Config, tags: dict[str, str] | None = None) -> int:

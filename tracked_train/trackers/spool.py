@@ -91,7 +91,7 @@ class Sender:
     """Drains a spool through ``send(events) -> None`` on a daemon thread.
 
     ``send`` raises when the backend is unreachable; the events stay pending
-    and are retried with backoff (1 s doubling to 30 s).
+    and are retried with backoff (1 s doubling to 10 s).
     """
 
     def __init__(self, spool: Spool, send: Callable[[list[dict[str, Any]]], None], name: str,
@@ -132,7 +132,7 @@ class Sender:
                     log.warning("%s: server unreachable (%s); training continues, events are spooled to %s "
                                 "and sent when it answers", self.name, str(e).splitlines()[0][:200],
                                 self.spool.path)
-                self.connected, backoff, done = False, min(30.0, max(1.0, backoff * 2)), False
+                self.connected, backoff, done = False, min(10.0, max(1.0, backoff * 2)), False
             if self._stop.is_set() and (done or time.monotonic() >= self._deadline):
                 return
             if self._stop.is_set():
