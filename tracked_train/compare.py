@@ -28,8 +28,6 @@ from typing import Any
 from .errors import UserError
 from .trackers import jsonl
 
-log = logging.getLogger("tracked_train")
-
 # Metrics compared by `compare`; lower is better for each of them.
 COMPARED_METRICS = ("val/loss", "val/perplexity", "val/nats_per_char", "train/loss", "train/perplexity")
 TOKENS = "train/tokens_seen"
@@ -94,33 +92,41 @@ def load_local(run_dir: Path) -> Run:
     from .trackers.mlflow_tracker import STATUS
 
     records = jsonl.read(run_dir / jsonl.FILENAME)
-    run = Run(name=run_dir.name, source="local", run_dir=run_dir, run_id=_local_run_id(run_dir))
     params = next((r["params"] for r in reversed(records) if r.get("event") == "params"), {})
-    run.params = {k: _param_str(v) for k, v in params.items()}
-    run.experiment = params.get("tracking.experiment")
-    run.history = _local_history(records)
-    # A resumed run has several start/stop pairs: the run's state is that of its last segment.
+    history = _local_history(records)
+    stop = _last_stop(records)
+    start, last = _time_span(records)
+    tokens = history.get(TOKENS)
+    return Run(
+        name=run_dir.name, source="local", run_id=_local_run_id(run_dir), run_dir=run_dir,
+        status=STATUS.get(stop.get("reason"), "FINISHED") if stop else "RUNNING",
+        stop_reason=stop.get("reason") if stop else None, stop_detail=stop.get("detail") if stop else None,
+        steps=stop.get("step") if stop else max((s for s, _ in history.get("train/loss", [])), default=None),
+        # The best checkpoint's loss, as the server's best_val_loss tag; the lowest logged while running.
+        best_val_loss=_float(stop.get("best_val_loss")) if stop else _lowest(history.get("val/loss")),
+        tokens_seen=tokens[-1][1] if tokens else None,
+        start_time=start, duration_s=last - start if start is not None and last is not None else None,
+        experiment=params.get("tracking.experiment"), params={k: _param_str(v) for k, v in params.items()},
+        history=history,
+    )
+
+
+def _last_stop(records: list[dict]) -> dict | None:
+    """The stop event of the last segment (a resumed run has several); None while it runs."""
     stop = None
     for r in records:
         if r.get("event") in ("start", "resume"):
             stop = None
         elif r.get("event") == "stop":
             stop = r
-    if stop is not None:
-        run.status = STATUS.get(stop.get("reason"), "FINISHED")
-        run.stop_reason, run.stop_detail, run.steps = stop.get("reason"), stop.get("detail"), stop.get("step")
-    else:
-        run.steps = max((s for s, _ in run.history.get("train/loss", [])), default=None)
-    run.best_val_loss = _float(stop.get("best_val_loss")) if stop else None
-    if run.best_val_loss is None:
-        run.best_val_loss = _lowest(run.history.get("val/loss"))
-    tokens = run.history.get(TOKENS)
-    run.tokens_seen = tokens[-1][1] if tokens else None
+    return stop
+
+
+def _time_span(records: list[dict]) -> tuple[float | None, float | None]:
+    """When the run started (its first start event) and its last timestamped record."""
     times = [r["time"] for r in records if isinstance(r.get("time"), (int, float))]
     start = next((r["time"] for r in records if r.get("event") == "start" and "time" in r), None)
-    run.start_time = start if start is not None else (times[0] if times else None)
-    run.duration_s = times[-1] - run.start_time if times and run.start_time is not None else None
-    return run
+    return (start if start is not None else (times[0] if times else None)), (times[-1] if times else None)
 
 
 def _local_run_id(run_dir: Path) -> str | None:
@@ -196,14 +202,8 @@ class Store:
         exp = client.get_experiment_by_name(experiment)
         if exp is None or exp.lifecycle_stage == "deleted":
             return None
-        out, token = [], None
-        while True:
-            page = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                                      max_results=1000, page_token=token)
-            out += [self._run(r, experiment) for r in page]
-            token = page.token
-            if not token:
-                break
+        out = [self._run(r, experiment) for r in _all(lambda **kw: client.search_runs(
+            [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000, **kw))]
         for run in out:
             if run.steps is None:  # no stop_step tag yet: still running, or killed -9
                 run.steps = max((m.step for m in client.get_metric_history(run.run_id, "train/loss")), default=None)
@@ -344,14 +344,15 @@ def list_runs(experiment: str | None, output_dir: Path, store: Store | None = No
     return sorted(server + local, key=lambda r: r.start_time or 0.0, reverse=True)
 
 
-RUN_COLUMNS = ["name", "id", "status", "stop reason", "steps", "best val loss", "val ppl", "tokens seen",
-               "duration", "started", "source"]
+# The id comes last: in a narrow terminal it is the column that wraps, and the others stay on one line.
+RUN_COLUMNS = ["name", "status", "stop reason", "steps", "best val loss", "val ppl", "tokens seen", "duration",
+               "started", "source", "id"]
 
 
 def _run_row(r: Run) -> list[str]:
-    return [r.name, r.run_id or "", r.status, r.stop_reason or "", _fmt_int(r.steps), _fmt(r.best_val_loss, 4),
+    return [r.name, r.status, r.stop_reason or "", _fmt_int(r.steps), _fmt(r.best_val_loss, 4),
             _fmt(r.best_val_perplexity, 2), _fmt_int(r.tokens_seen), _fmt_duration(r.duration_s),
-            _fmt_time(r.start_time), r.source]
+            _fmt_time(r.start_time), r.source, r.run_id or ""]
 
 
 def runs_command(experiment: str | None, fmt: str, output_dir: str) -> int:
@@ -369,7 +370,7 @@ def runs_command(experiment: str | None, fmt: str, output_dir: str) -> int:
               f"run folders: {output_dir}/)", file=sys.stderr)
     else:
         right = {"steps", "best val loss", "val ppl", "tokens seen", "duration"}
-        _print_table(RUN_COLUMNS, [_run_row(r) for r in runs], right=right)
+        _print_table(RUN_COLUMNS, [_run_row(r) for r in runs], right=right, fold={"id"})
     return 0
 
 
@@ -515,8 +516,8 @@ def _print_compare_table(runs, names, params, metrics) -> None:
         digits = 2 if "perplexity" in m.metric else 4
         cells = [_fmt(v, digits) + (" *" if i == m.best_index else "") for i, v in enumerate(m.values)]
         rows.append([f"{m.metric} {m.kind}", *cells])
-    _print_table(["", *names], rows, caption="best: the lowest value in the run; final: at its last step; "
-                 "* marks the lowest across runs")
+    _print_table(["", *names], rows, fold=set(names),
+                 caption="best: the lowest value in the run; final: at its last step; * marks the lowest across runs")
 
 
 # -- plot --------------------------------------------------------------------------------------------
@@ -546,7 +547,7 @@ def plot_losses(runs: Sequence[Run], names: Sequence[str], params: dict[str, lis
     handles += [Line2D([], [], color="0.4", linewidth=1.2, label="train loss"),
                 Line2D([], [], color="0.4", linestyle="--", marker="o", markersize=4, label="val loss")]
     ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and tokens are counts
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # counts: round ticks
     ax.set_xlabel("tokens seen" if x_axis == "tokens" else "step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"loss by {'tokens seen' if x_axis == 'tokens' else 'step'}")
@@ -574,8 +575,11 @@ def _xy(run: Run, key: str, x_axis: str) -> list[tuple[float, float]]:
 # -- output --------------------------------------------------------------------------------------------
 
 def _print_table(headers: list[str], rows: Sequence[list[str] | str], right: set[str] = frozenset(),
-                 caption: str | None = None) -> None:
-    """A rich table; a str row starts a titled section. Piped output is not wrapped (grep-friendly)."""
+                 caption: str | None = None, fold: set[str] = frozenset()) -> None:
+    """A rich table; a str row starts a titled section. Piped output is never wrapped (grep-friendly).
+
+    In a narrow terminal only the ``fold`` columns wrap: a wrapped number or status is hard to read.
+    """
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -584,9 +588,11 @@ def _print_table(headers: list[str], rows: Sequence[list[str] | str], right: set
     console = Console(highlight=False, emoji=False)
     if not console.is_terminal:
         console = Console(highlight=False, emoji=False, width=1000, no_color=True)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, caption=caption, caption_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, caption=caption,
+                  caption_justify="left")
     for h in headers:
-        table.add_column(h, justify="right" if h in right else "left", overflow="fold")
+        table.add_column(h, justify="right" if h in right else "left", overflow="fold", no_wrap=h not in fold,
+                         min_width=8 if h in fold else None)
     for row in rows:
         if isinstance(row, str):
             table.add_section()
