@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 
-def tokens_per_sec(config: str, precision: str, steps: int, out: Path, extra: list[str]) -> float:
+def tokens_per_sec(config: str, precision: str, steps: int, out: Path, extra: list[str]) -> tuple[float, float]:
+    """(median tokens/s after warm-up, final val loss) of one run."""
     name = f"{precision}-{time.time_ns()}"
     cmd = [sys.executable, "-m", "tracked_train", "run", "--config", config, "--tracker", "jsonl",
            "--output-dir", str(out), "--run-name", name, "--set", f"training.precision={precision}",
@@ -28,9 +29,9 @@ def tokens_per_sec(config: str, precision: str, steps: int, out: Path, extra: li
     for e in extra:
         cmd += ["--set", e]
     subprocess.run(cmd, check=True, capture_output=True)
-    rates = [r["train/tokens_per_sec"] for r in map(json.loads, (out / name / "metrics.jsonl").open())
-             if "train/tokens_per_sec" in r and r["step"] > 5]
-    return statistics.median(rates)
+    recs = [json.loads(line) for line in (out / name / "metrics.jsonl").open()]
+    rates = [r["train/tokens_per_sec"] for r in recs if "train/tokens_per_sec" in r and r["step"] > 5]
+    return statistics.median(rates), [r["val/loss"] for r in recs if "val/loss" in r][-1]
 
 
 def main() -> None:
@@ -44,17 +45,19 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="tt-precision-"))
     os.environ.setdefault("TRACKED_TRAIN_CACHE", str(out / "cache"))
     rates: dict[str, list[float]] = {p: [] for p in args.precisions}
+    val: dict[str, float] = {}
     for _ in range(args.rounds):
         for p in args.precisions:
-            rates[p].append(tokens_per_sec(args.config, p, args.steps, out, args.sets))
+            rate, val[p] = tokens_per_sec(args.config, p, args.steps, out, args.sets)
+            rates[p].append(rate)
     base = rates[args.precisions[0]]
     print(f"# {args.config} {' '.join(args.sets)}, {args.steps} steps, {args.rounds} interleaved rounds, "
           f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
-    print(f"| precision | median tokens/s | ratio to {args.precisions[0]} |")
-    print("|---|---|---|")
+    print(f"| precision | median tokens/s | ratio to {args.precisions[0]} | final val loss (same steps, same seed) |")
+    print("|---|---|---|---|")
     for p in args.precisions:
         ratio = statistics.median(r / b for r, b in zip(rates[p], base))
-        print(f"| {p} | {statistics.median(rates[p]):,.0f} | {ratio:.2f} |")
+        print(f"| {p} | {statistics.median(rates[p]):,.0f} | {ratio:.2f} | {val[p]:.4f} |")
 
 
 if __name__ == "__main__":
