@@ -6,7 +6,10 @@ the same token batches, with no tracking at all. tracked-train runs with its
 default trackers (jsonl + MLflow on a real local server). Rounds are
 interleaved; the ratio is tracked-train's steps/s over the bare loop's.
 
-    python benchmarks/vs_bare_loop.py [--rounds 5] [--steps 40]
+    python benchmarks/vs_bare_loop.py [--rounds 5]
+
+Both are timed over the same steady-state window (steps 10 %..100 %), so
+start-up, the final evaluation and the final checkpoint are left out.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def bare_loop(overrides: dict, steps: int) -> float:
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95))
     bf16 = pick_precision("auto", "cpu") == "bf16"
     pos = 0
-    start = time.perf_counter()
+    times = {}
     for step in range(1, steps + 1):
         if step <= t.warmup_steps:
             lr = t.lr * step / t.warmup_steps
@@ -61,6 +64,7 @@ def bare_loop(overrides: dict, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
         loss.item()  # the bare loop reads its loss too (to print it), as every real loop does
+        times[step] = time.perf_counter()
     # Like tracked-train's run, end with an evaluation and a checkpoint.
     model.eval()
     with torch.no_grad(), (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
@@ -68,7 +72,8 @@ def bare_loop(overrides: dict, steps: int) -> float:
             model(x, y)[1].item()
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / "ckpt.pt")
-    return steps / (time.perf_counter() - start)
+    first = steps // 10  # the same steady-state window as tracking_overhead.StepClock
+    return (steps - first) / (times[steps] - times[first])
 
 
 def main() -> None:
@@ -97,7 +102,7 @@ def main() -> None:
         for regime in args.regimes:
             overrides = REGIMES[regime]
             steps = overrides["training.max_steps"]
-            bare_loop(overrides, 5)  # warm-up: tokenizer cache, allocator
+            bare_loop(overrides, 20)  # warm-up: tokenizer cache, allocator
             bare, tracked = [], []
             for _ in range(args.rounds):
                 bare.append(bare_loop(overrides, steps))
