@@ -27,6 +27,10 @@ def _user_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:
+            from .distributed import shutdown
+
+            shutdown()  # leave torchrun's process group cleanly (a no-op without torchrun)
         sys.exit(code or 0)
     return wrapper
 

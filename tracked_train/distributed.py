@@ -97,10 +97,3 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     td.all_reduce(t, op=td.ReduceOp.SUM if op == "sum" else td.ReduceOp.MAX)
     return t.tolist()
-
-
-def barrier() -> None:
-    if _current.enabled:
-        import torch.distributed as td
-
-        td.barrier()

@@ -7,7 +7,7 @@ human can read in a log or a tracker, and the step it happened at.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 Reason = Literal["completed", "patience", "target_reached", "time_budget", "diverged", "interrupted", "failed"]
@@ -114,7 +114,3 @@ def verdict(initial_loss: float, final_loss: float) -> tuple[float, str]:
     if drop >= 3:
         return drop, "learning slowly"
     return drop, "not learning"
-
-
-def stop_dict(stop: Stop) -> dict:
-    return asdict(stop)
