@@ -12,11 +12,11 @@ by a step time to get the overhead the loop itself pays.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
+
+from common import bench_env
 
 
 def cost_us(specs: list[str], work: Path, uri: str, calls: int) -> tuple[float, float]:
@@ -51,29 +51,15 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3000)
     args = ap.parse_args()
 
-    import logging
-
-    from tracked_train.console import setup_logging
-    from tracked_train.testing import MlflowServer
-
-    setup_logging(None)
-    logging.getLogger("tracked_train").setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="tt-logcost-"))
-    os.environ.setdefault("WANDB_MODE", "offline")
-    (work / "server").mkdir()
-    server = MlflowServer(work / "server")
-    server.start()
-    try:
+    with bench_env("tt-logcost-") as (work, uri):
         print(f"# training-thread cost of logging one step (6 metrics), {args.calls} calls, "
               f"{time.strftime('%Y-%m-%d')}")
         print("| trackers | median µs/step | p99 µs/step | share of a 20 ms step | of a 250 ms step |")
         print("|---|---|---|---|---|")
         for specs in (["null"], ["jsonl"], ["jsonl", "mlflow"], ["jsonl", "mlflow", "wandb"]):
-            med, p99 = cost_us(specs, work / "runs", server.uri, args.calls)
+            med, p99 = cost_us(specs, work / "runs", uri, args.calls)
             print(f"| {'+'.join(specs)} | {med:.1f} | {p99:.1f} | {100 * med / 20000:.3f} % | "
                   f"{100 * med / 250000:.4f} % |", flush=True)
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

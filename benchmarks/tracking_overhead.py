@@ -17,9 +17,10 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from common import bench_env
 
 REGIMES = {
     "default (3.4M params)": {"training.max_steps": 60},
@@ -88,22 +89,7 @@ def main() -> None:
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES))
     args = ap.parse_args()
 
-    import logging
-
-    from tracked_train.console import setup_logging
-    from tracked_train.testing import MlflowServer
-
-    setup_logging(None)
-    logging.getLogger("tracked_train").setLevel(logging.WARNING)  # progress lines would only add noise
-    work = Path(tempfile.mkdtemp(prefix="tt-bench-"))
-    os.environ.setdefault("TRACKED_TRAIN_CACHE", str(work / "cache"))
-    os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server here; offline still runs its service process
-    server = None
-    if any("mlflow" in v for v in args.variants):
-        (work / "server").mkdir()
-        server = MlflowServer(work / "server")
-        server.start()
-    try:
+    with bench_env("tt-bench-", server=any("mlflow" in v for v in args.variants)) as (work, uri):
         print(f"# tracking overhead, {args.rounds} interleaved rounds, python {sys.version.split()[0]}, "
               f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
         print("| regime | variant | median steps/s | ratio to null | min..max ratio |")
@@ -114,15 +100,12 @@ def main() -> None:
             rates: dict[str, list[float]] = {v: [] for v in args.variants}
             for _ in range(args.rounds):
                 for v in args.variants:
-                    rates[v].append(one_run(overrides, v.split("+"), work / "runs", server and server.uri))
+                    rates[v].append(one_run(overrides, v.split("+"), work / "runs", uri))
             base = rates["null"]
             for v in args.variants:
                 ratios = [r / b for r, b in zip(rates[v], base)]
                 print(f"| {regime} | {v} | {statistics.median(rates[v]):.2f} | {statistics.median(ratios):.3f} | "
                       f"{min(ratios):.3f}..{max(ratios):.3f} |", flush=True)
-    finally:
-        if server:
-            server.stop()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import bench_env  # noqa: E402
 from tracking_overhead import COMMON, REGIMES, one_run  # noqa: E402
 
 
@@ -82,19 +83,7 @@ def main() -> None:
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES))
     args = ap.parse_args()
 
-    import logging
-
-    from tracked_train.console import setup_logging
-    from tracked_train.testing import MlflowServer
-
-    setup_logging(None)
-    logging.getLogger("tracked_train").setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="tt-bare-"))
-    os.environ.setdefault("TRACKED_TRAIN_CACHE", str(work / "cache"))
-    (work / "server").mkdir()
-    server = MlflowServer(work / "server")
-    server.start()
-    try:
+    with bench_env("tt-bare-") as (work, uri):
         print(f"# tracked-train (jsonl+mlflow) vs a bare PyTorch loop, {args.rounds} interleaved rounds, "
               f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
         print("| regime | bare steps/s | tracked-train steps/s | ratio (median) | min..max |")
@@ -106,12 +95,10 @@ def main() -> None:
             bare, tracked = [], []
             for _ in range(args.rounds):
                 bare.append(bare_loop(overrides, steps))
-                tracked.append(one_run(overrides, ["jsonl", "mlflow"], work / "runs", server.uri))
+                tracked.append(one_run(overrides, ["jsonl", "mlflow"], work / "runs", uri))
             ratios = [a / b for a, b in zip(tracked, bare)]
             print(f"| {regime} | {statistics.median(bare):.2f} | {statistics.median(tracked):.2f} | "
                   f"{statistics.median(ratios):.3f} | {min(ratios):.3f}..{max(ratios):.3f} |", flush=True)
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":
