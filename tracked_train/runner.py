@@ -204,7 +204,7 @@ def _summary(parts, o: Outcome) -> None:
         log.info("train loss %.4f -> %.4f (%+.1f%%): %s", o.initial_loss, o.final_loss, -o.decrease_pct, o.verdict)
     log.info("stopped: %s (%s at step %d)", o.stop.detail, o.stop.reason, o.stop.step)
     if o.best_val_loss is not None:
-        import math
+        from .train import safe_exp
 
         per_char = o.best_val_loss / parts.data.valid_chars_per_token
         floor = ""
@@ -213,5 +213,5 @@ def _summary(parts, o: Outcome) -> None:
 
             floor = f"; the corpus floor is {entropy_rate():.3f}"
         log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s) at step %s", o.best_val_loss,
-                 math.exp(o.best_val_loss), per_char, floor, o.best_step)
+                 safe_exp(o.best_val_loss), per_char, floor, o.best_step)
     log.info("run folder: %s", parts.run_dir)

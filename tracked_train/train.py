@@ -302,10 +302,10 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
         if stop is None and (step % t.eval_every == 0 or step == t.max_steps):
             stop = _evaluate_and_save_best(p, progress)
         p.st.elapsed_s = time.perf_counter() - clock
-        out_of_time, interrupted = _agree(
-            t.time_budget_s is not None and p.st.elapsed_s >= t.time_budget_s, interrupts.requested is not None)
-        if stop is None and out_of_time:
-            stop = EarlyStopping.check_time(step, max(p.st.elapsed_s, t.time_budget_s), t.time_budget_s)
+        time_stop = EarlyStopping.check_time(step, p.st.elapsed_s, t.time_budget_s)
+        out_of_time, interrupted = _agree(time_stop is not None, interrupts.requested is not None)
+        if stop is None and out_of_time:  # this rank's clock, or (under torchrun) another rank's
+            stop = time_stop or EarlyStopping.check_time(step, t.time_budget_s, t.time_budget_s)
         if stop is None and interrupted:
             stop = Stop("interrupted", f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
                         "resume with `tracked-train resume`.", step)
