@@ -7,7 +7,44 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Regime:
+    about: str
+    overrides: dict = field(default_factory=dict)
+    torch_threads: int | None = None  # None: torch's default (every core)
+
+    def config(self) -> dict:
+        return {**COMMON, **self.overrides}
+
+
+# No evaluation or checkpoint inside the timed window; the run still ends with both.
+COMMON = {"training.eval_every": 10**9, "training.checkpoint_every": 10**9, "training.warmup_steps": 5,
+          "console.progress": "lines", "data.builtin_chars": 1_000_000, "training.eval_batches": 2}
+TINY = {"training.max_steps": 600, "model.d_model": 64, "model.n_layers": 2, "model.n_heads": 4,
+        "model.seq_len": 64, "training.batch_size": 8, "tokenizer.vocab_size": 512}
+REGIMES = {
+    "default": Regime("the default 3.4 M-parameter model, ~0.2 s a step", {"training.max_steps": 60}),
+    "tiny": Regime("d_model 64, 2 layers, seq 64, batch 8: ~11 ms a step, torch on both cores", TINY),
+    # A GPU machine's CPU mostly waits on the GPU: torch on one core leaves the other to the rest,
+    # as a GPU box's spare cores would.
+    "tiny-1core": Regime("the tiny model with torch on 1 thread, the second core spare", TINY, torch_threads=1),
+}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -2,13 +2,17 @@
 
 Runs the same short training in this process with different tracker sets,
 interleaved round by round (the machine is noisy, so variants share its
-moods), and prints the median throughput of each relative to `null`. Two
-regimes: the default small model (~0.25 s a step with bf16 on 2 CPU cores,
-where any logger looks cheap) and a tiny model stepping in ~20 ms (the regime
-of a GPU, where one synchronous ~50 ms MLflow call per step would more than
-halve throughput). MLflow talks to a real local `mlflow server`.
+moods), and prints the median throughput of each relative to `null`.
+Regimes (common.REGIMES): the default small model (~0.2 s a step with bf16 on
+2 CPU cores, where any logger looks cheap); a tiny model stepping in ~11 ms
+(the step time of a GPU, where one synchronous ~50 ms MLflow call per step
+would more than halve throughput) with torch on every core; and the same tiny
+model with torch on one thread, leaving a core to everything else, as the
+spare cores of a GPU machine do. MLflow talks to a real local `mlflow server`
+on the same cores.
 
-    python benchmarks/tracking_overhead.py [--rounds 5] [--variants null jsonl jsonl+mlflow jsonl+mlflow+wandb]
+    python benchmarks/tracking_overhead.py [--rounds 5] [--regimes default tiny tiny-1core]
+        [--variants null jsonl jsonl+mlflow jsonl+mlflow+wandb]
 """
 
 from __future__ import annotations
@@ -20,16 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import bench_env
-
-REGIMES = {
-    "default (3.4M params)": {"training.max_steps": 60},
-    "tiny (~20 ms/step)": {"training.max_steps": 600, "model.d_model": 64, "model.n_layers": 2,
-                           "model.n_heads": 4, "model.seq_len": 64, "training.batch_size": 8,
-                           "tokenizer.vocab_size": 512},
-}
-COMMON = {"training.eval_every": 10**9, "training.checkpoint_every": 10**9, "training.warmup_steps": 5,
-          "console.progress": "lines", "data.builtin_chars": 1_000_000, "training.eval_batches": 2}
+from common import REGIMES, Regime, bench_env, torch_threads
 
 
 class StepClock:
@@ -58,7 +53,7 @@ class StepClock:
     def abort(self) -> None: ...
 
 
-def one_run(overrides: dict, trackers: list[str], out: Path, server_uri: str | None) -> float:
+def one_run(regime: Regime, trackers: list[str], out: Path, server_uri: str | None) -> float:
     """Steady-state steps per second of the training loop (start-up, final eval and save excluded)."""
     from tracked_train import config, runner
     from tracked_train.trackers import RunInfo, Trackers
@@ -67,7 +62,7 @@ def one_run(overrides: dict, trackers: list[str], out: Path, server_uri: str | N
     extra = {"tracking.trackers": trackers, "run.output_dir": str(out), "tracking.experiment": "bench"}
     if server_uri:
         extra["tracking.mlflow_uri"] = server_uri
-    cfg = config.build([("bench", {**COMMON, **overrides, **extra})])
+    cfg = config.build([("bench", {**regime.config(), **extra})])
     name = f"r{time.time_ns()}"
     run_dir = out / name
     run_dir.mkdir(parents=True)
@@ -78,7 +73,8 @@ def one_run(overrides: dict, trackers: list[str], out: Path, server_uri: str | N
     tr.start(RunInfo(name, run_dir, cfg))
     tr.log_params(cfg.flat())
     parts = runner._prepare(cfg, run_dir, tr)
-    tr.finish(train(parts))
+    with torch_threads(regime.torch_threads):
+        tr.finish(train(parts))
     return clock.steady_rate()
 
 
@@ -95,12 +91,12 @@ def main() -> None:
         print("| regime | variant | median steps/s | ratio to null | min..max ratio |")
         print("|---|---|---|---|---|")
         for regime in args.regimes:
-            overrides = REGIMES[regime]
-            one_run(overrides, ["null"], work / "warmup", None)  # tokenizer cache, imports, allocator
+            r = REGIMES[regime]
+            one_run(r, ["null"], work / "warmup", None)  # tokenizer cache, imports, allocator
             rates: dict[str, list[float]] = {v: [] for v in args.variants}
             for _ in range(args.rounds):
                 for v in args.variants:
-                    rates[v].append(one_run(overrides, v.split("+"), work / "runs", uri))
+                    rates[v].append(one_run(r, v.split("+"), work / "runs", uri))
             base = rates["null"]
             for v in args.variants:
                 ratios = [r / b for r, b in zip(rates[v], base)]

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_env  # noqa: E402
-from tracking_overhead import COMMON, REGIMES, one_run  # noqa: E402
+from common import REGIMES, Regime, bench_env, torch_threads  # noqa: E402
+from tracking_overhead import one_run  # noqa: E402
 
 
-def bare_loop(overrides: dict, steps: int) -> float:
+def bare_loop(regime: Regime, steps: int) -> float:
     """Steps per second of a hand-written loop on tracked-train's model and batches."""
     import torch
 
@@ -38,7 +38,7 @@ def bare_loop(overrides: dict, steps: int) -> float:
     from tracked_train.model import GPT, param_groups
     from tracked_train.train import gpt_config, pick_precision
 
-    cfg = config.build([("bench", {**COMMON, **overrides, "training.max_steps": steps})])
+    cfg = config.build([("bench", {**regime.config(), "training.max_steps": steps})])
     t = cfg.training
     data, tok = prepare(cfg)
     torch.manual_seed(t.seed)
@@ -89,13 +89,14 @@ def main() -> None:
         print("| regime | bare steps/s | tracked-train steps/s | ratio (median) | min..max |")
         print("|---|---|---|---|---|")
         for regime in args.regimes:
-            overrides = REGIMES[regime]
-            steps = overrides["training.max_steps"]
-            bare_loop(overrides, 20)  # warm-up: tokenizer cache, allocator
+            r = REGIMES[regime]
+            steps = r.overrides["training.max_steps"]
+            bare_loop(r, 20)  # warm-up: tokenizer cache, allocator
             bare, tracked = [], []
             for _ in range(args.rounds):
-                bare.append(bare_loop(overrides, steps))
-                tracked.append(one_run(overrides, ["jsonl", "mlflow"], work / "runs", uri))
+                with torch_threads(r.torch_threads):
+                    bare.append(bare_loop(r, steps))
+                tracked.append(one_run(r, ["jsonl", "mlflow"], work / "runs", uri))
             ratios = [a / b for a, b in zip(tracked, bare)]
             print(f"| {regime} | {statistics.median(bare):.2f} | {statistics.median(tracked):.2f} | "
                   f"{statistics.median(ratios):.3f} | {min(ratios):.3f}..{max(ratios):.3f} |", flush=True)
