@@ -58,14 +58,14 @@ def new_model(cfg, tok):
 
 
 def optimizer_and_schedule(cfg, model):
-    """AdamW on tracked-train's parameter groups; warmup + cosine as a LambdaLR multiplier."""
+    """tracked-train's AdamW (groups, betas, fused kernel); warmup + cosine as a LambdaLR multiplier."""
     import torch
 
     from tracked_train.model import param_groups
     from tracked_train.train import lr_at
 
     t = cfg.training
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=True)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_at(i + 1, t) / t.lr)
 
 

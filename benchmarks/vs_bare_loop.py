@@ -1,7 +1,7 @@
 """tracked-train's loop against a bare PyTorch loop of the same model, data and settings.
 
 The bare loop below is what a user would write by hand (nanoGPT style): the
-same GPT, AdamW groups, warmup + cosine schedule, clipping and bf16 autocast on
+same GPT, AdamW (groups, fused kernel), warmup + cosine schedule, clipping and bf16 autocast on
 the same token batches, with no tracking at all. tracked-train runs with its
 default trackers (jsonl + MLflow on a real local server). Rounds are
 interleaved; the ratio is tracked-train's steps/s over the bare loop's.
@@ -43,7 +43,7 @@ def bare_loop(regime: Regime, steps: int) -> float:
     data, tok = prepare(cfg)
     torch.manual_seed(t.seed)
     model = GPT(gpt_config(cfg, tok.vocab_size))
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=True)
     bf16 = pick_precision("auto", "cpu") == "bf16"
     pos = 0
     times = {}
