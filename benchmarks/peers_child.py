@@ -57,7 +57,7 @@ def new_model(cfg, tok):
     return GPT(gpt_config(cfg, tok.vocab_size))
 
 
-def optimizer_and_schedule(cfg, model):
+def optimizer_and_schedule(cfg, model, fused: bool = True):
     """tracked-train's AdamW (groups, betas, fused kernel); warmup + cosine as a LambdaLR multiplier."""
     import torch
 
@@ -65,7 +65,7 @@ def optimizer_and_schedule(cfg, model):
     from tracked_train.train import lr_at
 
     t = cfg.training
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=True)
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=fused)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_at(i + 1, t) / t.lr)
 
 
@@ -146,7 +146,8 @@ def run_lightning(cfg, overrides, name) -> None:
             return loss
 
         def configure_optimizers(self):
-            opt, sched = optimizer_and_schedule(cfg, self.model)
+            # Lightning refuses to clip the gradients of a fused optimizer under bf16-mixed.
+            opt, sched = optimizer_and_schedule(cfg, self.model, fused=False)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     class Clock(Callback):

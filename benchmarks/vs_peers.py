@@ -11,8 +11,9 @@ first step is real: imports, data, model, tracker start. Every framework
 trains tracked-train's GPT on the same token batches with the same AdamW,
 schedule, clipping and precision, and logs every step to the same local
 `mlflow server`; a bare hand-written loop (no tracking) is the floor. Rounds
-are interleaved; ratios are to the bare loop of the same round. After the
-runs, the server is asked how many loss points each framework's run holds.
+are interleaved, each round in a rotated order; ratios are to the bare loop of
+the same round. After the runs, the server is asked how many loss points each
+framework's run holds.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def main() -> None:
             one_run(python, "bare", settings, work / "warmup.json", uri, r.torch_threads)  # fills the token cache
             results: dict[str, list[dict]] = {f: [] for f in args.frameworks}
             for i in range(args.rounds):
-                for f in args.frameworks:
+                k = i % len(args.frameworks)  # each round starts with the next framework: no fixed order effect
+                for f in args.frameworks[k:] + args.frameworks[:k]:
                     result = work / f"{f}-{regime}-{i}.json"
                     results[f].append({**one_run(python, f, settings, result, uri, r.torch_threads),
                                        "name": result.stem})
