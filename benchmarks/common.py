@@ -35,6 +35,15 @@ REGIMES = {
 }
 
 
+def steady_rate(step_times: list[float]) -> float:
+    """Steps per second from the end times of consecutive steps, over steps 10 %..100 %.
+
+    Start-up (imports, first-step allocations) stays out of the window.
+    """
+    first = len(step_times) // 10
+    return (len(step_times) - 1 - first) / (step_times[-1] - step_times[first])
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     import torch

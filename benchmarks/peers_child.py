@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import steady_rate  # this script's folder is on sys.path
+
 STEP_TIMES: list[float] = []
 
 
@@ -205,12 +207,10 @@ def main() -> None:
     runs = {"bare": run_bare, "tracked-train": run_tracked, "lightning": run_lightning, "hf": run_hf,
             "tracked-train-null": functools.partial(run_tracked, trackers="clock")}  # the loop, no tracking
     runs[framework](cfg, overrides, name)
-    t = STEP_TIMES
-    first = len(t) // 10  # steady state: steps 10 %..100 %, start-up excluded
     Path(result_path).write_text(json.dumps({
-        "steps": len(t),
-        "first_step_s": t[0] - launched,
-        "steps_per_s": (len(t) - 1 - first) / (t[-1] - t[first]),
+        "steps": len(STEP_TIMES),
+        "first_step_s": STEP_TIMES[0] - launched,
+        "steps_per_s": steady_rate(STEP_TIMES),
         "tokens_per_step": cfg.training.batch_size * cfg.model.seq_len,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REGIMES, Regime, bench_env, torch_threads
+from common import REGIMES, Regime, bench_env, steady_rate, torch_threads
 
 
 class StepClock:
@@ -39,10 +39,7 @@ class StepClock:
         self.times.setdefault(step, time.perf_counter())
 
     def steady_rate(self) -> float:
-        """Steps per second between 10 % and 100 % of the steps: start-up and the final save excluded."""
-        steps = sorted(self.times)
-        first = steps[len(steps) // 10]
-        return (steps[-1] - first) / (self.times[steps[-1]] - self.times[first])
+        return steady_rate([self.times[s] for s in sorted(self.times)])
 
     def start(self, run) -> None: ...
     def log_params(self, params) -> None: ...

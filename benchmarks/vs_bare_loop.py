@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import REGIMES, Regime, bench_env, torch_threads  # noqa: E402
+from common import REGIMES, Regime, bench_env, steady_rate, torch_threads  # noqa: E402
 from tracking_overhead import one_run  # noqa: E402
 
 
@@ -36,7 +35,7 @@ def bare_loop(regime: Regime, steps: int) -> float:
     from tracked_train import config
     from tracked_train.data import prepare
     from tracked_train.model import GPT, param_groups
-    from tracked_train.train import gpt_config, pick_precision
+    from tracked_train.train import gpt_config, lr_at, pick_precision
 
     cfg = config.build([("bench", {**regime.config(), "training.max_steps": steps})])
     t = cfg.training
@@ -46,15 +45,10 @@ def bare_loop(regime: Regime, steps: int) -> float:
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=True)
     bf16 = pick_precision("auto", "cpu") == "bf16"
     pos = 0
-    times = {}
+    times = []
     for step in range(1, steps + 1):
-        if step <= t.warmup_steps:
-            lr = t.lr * step / t.warmup_steps
-        else:
-            progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-            lr = t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(step, t)  # the same warmup + cosine schedule
         x, y = data.train.get(pos, t.batch_size)
         pos += t.batch_size
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -65,7 +59,7 @@ def bare_loop(regime: Regime, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
         loss.item()  # the bare loop reads its loss too (to print it), as every real loop does
-        times[step] = time.perf_counter()
+        times.append(time.perf_counter())
     # Like tracked-train's run, end with an evaluation and a checkpoint.
     model.eval()
     with torch.no_grad(), (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
@@ -73,8 +67,7 @@ def bare_loop(regime: Regime, steps: int) -> float:
             model(x, y)[1].item()
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / "ckpt.pt")
-    first = steps // 10  # the same steady-state window as tracking_overhead.StepClock
-    return (steps - first) / (times[steps] - times[first])
+    return steady_rate(times)  # the same window as tracking_overhead.StepClock
 
 
 def main() -> None:
