@@ -26,11 +26,12 @@ from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["CheckpointError", "load", "locate", "save", "save_copy", "verify"]
+__all__ = ["CheckpointError", "clean", "config_of", "load", "load_weights", "locate", "save", "save_copy", "verify"]
 
 STATE_FILE = "checkpoint.pt"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+REQUIRED_KEYS = ("step", "loop", "model", "optimizer", "scaler", "early_stopping", "rng", "config", "tokenizer")
 
 
 def _sha256(path: Path) -> str:
@@ -66,18 +67,22 @@ def save(folder: Path, state: dict[str, Any], files: dict[str, bytes]) -> None:
     tmp = parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    for name, data in files.items():
-        _write_bytes(tmp / name, data)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "step": state.get("step"),
-        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())},
-    }
-    _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    try:
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        for name, data in files.items():
+            _write_bytes(tmp / name, data)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "step": state.get("step"),
+            "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())},
+        }
+        _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what we took, keep the previous checkpoint
+        raise
     _swap_in(tmp, folder)
 
 
@@ -152,11 +157,59 @@ def load(folder: Path) -> dict[str, Any]:
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {folder} refused: {first}") from None
+        from .errors import describe
+
+        raise CheckpointError(f"checkpoint {folder} refused: {describe(e)}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder} is not a tracked-train checkpoint of format {FORMAT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing or not isinstance(state.get("step"), int) or not isinstance(state.get("model"), dict):
+        what = f"lacks {', '.join(missing)}" if missing else "has a malformed step or model"
+        raise CheckpointError(f"checkpoint {folder} {what}; it is damaged or not a tracked-train checkpoint")
+    config_of(state, folder)
     return state
+
+
+def config_of(state: dict[str, Any], where: Path | str = "the checkpoint") -> Any:
+    """The checkpoint's config, or CheckpointError when it is not a valid one."""
+    from .config import from_dict
+    from .errors import ConfigError
+    from .names import problem, sanitise
+
+    try:
+        nested = {sec: dict(vals) for sec, vals in state["config"].items()}
+        name = nested.get("run", {}).get("name")
+        if isinstance(name, str) and problem(name):  # names a folder: never trust one from elsewhere
+            nested["run"]["name"] = sanitise(name)
+        return from_dict(nested)
+    except (ConfigError, TypeError, AttributeError, KeyError, ValueError) as e:
+        from .errors import describe
+
+        raise CheckpointError(f"checkpoint {where} holds an invalid config ({describe(e)}); "
+                              "it is damaged or from another program") from None
+
+
+def load_weights(model: Any, weights: dict[str, Any], where: Path | str = "the checkpoint") -> None:
+    """``model.load_state_dict`` that turns a mismatch into one line naming the checkpoint."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        from .errors import describe
+
+        raise CheckpointError(f"checkpoint {where}: its weights do not fit the model its config describes "
+                              f"({describe(e, 200)}); it is damaged or was edited") from None
+
+
+def clean(checkpoints: Path) -> None:
+    """Remove what an interrupted save left (``.last.tmp``, ``.best.old``) once the checkpoint it shadows is whole."""
+    for leftover in list(Path(checkpoints).glob(".*.tmp")) + list(Path(checkpoints).glob(".*.old")):
+        name = leftover.name[1:].rsplit(".", 1)[0]
+        try:
+            locate(Path(checkpoints) / name)  # promotes a complete .tmp when the swap was cut
+        except CheckpointError:
+            continue
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save_copy(src: Path, dest: Path) -> None:

@@ -116,12 +116,23 @@ def generate(source: str, prompt: str, max_new_tokens: int, temperature: float, 
 def sync(run_dir: Path) -> int:
     """Send what a run could not deliver to its MLflow server (it was down, or the process died)."""
     from .console import setup_logging
-    from .trackers.mlflow_tracker import sync as sync_mlflow
+    from .lock import RunLock
+    from .mlflow.tracker import sync as sync_mlflow
 
     setup_logging(None)
-    done, left = sync_mlflow(run_dir)
-    click.echo("everything is on the server" if done else f"{left} bytes of events still unsent; try again later")
-    return 0 if done else 1
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    with RunLock(run_dir):
+        done, left, rejected, quarantined = sync_mlflow(run_dir)
+    if left:
+        click.echo(f"{left} bytes of events still unsent; run `tracked-train sync {run_dir}` again when the "
+                   "server holds the run")
+    if rejected or quarantined:
+        click.echo(f"{rejected} events refused by the server (mlflow/rejected.jsonl), {quarantined} unreadable "
+                   "spool lines (mlflow/quarantine.jsonl)")
+    if done and not (rejected or quarantined):
+        click.echo("everything is on the server")
+    return 0 if done and not (rejected or quarantined) else 1
 
 
 @main.command()

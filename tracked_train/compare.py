@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
-import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .mlflow.store import Store
 from .trackers import jsonl
 
 # Metrics compared by `compare`; lower is better for each of them.
@@ -37,7 +36,6 @@ IGNORED_PARAMS = {"run.name"}
 PARAM_SECTIONS = ("training", "model", "data", "tokenizer", "early_stopping")
 PLOT_LABEL_PARAMS = 3
 DEFAULT_EXPERIMENT = "tracked-train"
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -89,8 +87,6 @@ def is_run_dir(path: Path) -> bool:
 
 def load_local(run_dir: Path) -> Run:
     """A run folder's record: metrics.jsonl, plus the MLflow run id from mlflow/state.json."""
-    from .trackers.mlflow_tracker import STATUS
-
     records = jsonl.read(run_dir / jsonl.FILENAME)
     params = next((r["params"] for r in reversed(records) if r.get("event") == "params"), {})
     history = _local_history(records)
@@ -99,7 +95,7 @@ def load_local(run_dir: Path) -> Run:
     tokens = history.get(TOKENS)
     return Run(
         name=run_dir.name, source="local", run_id=_local_run_id(run_dir), run_dir=run_dir,
-        status=STATUS.get(stop.get("reason"), "FINISHED") if stop else "RUNNING",
+        status=_status(stop.get("reason")) if stop else "RUNNING",
         stop_reason=stop.get("reason") if stop else None, stop_detail=stop.get("detail") if stop else None,
         steps=stop.get("step") if stop else max((s for s, _ in history.get("train/loss", [])), default=None),
         # The best checkpoint's loss, as the server's best_val_loss tag; the lowest logged while running.
@@ -109,6 +105,15 @@ def load_local(run_dir: Path) -> Run:
         experiment=params.get("tracking.experiment"), params={k: _param_str(v) for k, v in params.items()},
         history=history,
     )
+
+
+def _status(reason: str | None) -> str:
+    from .early_stopping import StopReason
+
+    try:
+        return StopReason(reason).status
+    except ValueError:  # a reason this version does not know (a newer writer)
+        return "FINISHED"
 
 
 def _last_stop(records: list[dict]) -> dict | None:
@@ -162,139 +167,42 @@ def local_runs(output_dir: Path) -> list[Run]:
     return [load_local(d) for d in sorted(output_dir.iterdir()) if d.is_dir() and is_run_dir(d)]
 
 
-# -- the MLflow store ------------------------------------------------------------------------------
+# -- runs read from MLflow ---------------------------------------------------------------------------
 
-class Store:
-    """The MLflow store, opened on first use; an embedded store that does not exist is no store."""
-
-    def __init__(self) -> None:
-        from .trackers.mlflow_tracker import tracking_uri
-
-        self.uri = tracking_uri(None)
-        self._client: Any = None
-
-    @property
-    def where(self) -> str:
-        from .redact import strip_userinfo
-
-        return strip_userinfo(self.uri)
-
-    def exists(self) -> bool:
-        """False for a file store (sqlite, folder) that is not there: opening it would create it."""
-        path = _local_store_path(self.uri)
-        return path is None or path.exists()
-
-    def client(self) -> Any:
-        """An MlflowClient, or UserError when the store is absent or the server unreachable."""
-        if self._client is None:
-            if not self.exists():
-                raise UserError(f"there is no MLflow store at {self.where} (no such file); set "
-                                "MLFLOW_TRACKING_URI to the server or store that holds the run")
-            from .sources import mlflow_client
-
-            _quiet_mlflow()
-            self._client, _ = mlflow_client(self.uri)
-        return self._client
-
-    def runs(self, experiment: str) -> list[Run] | None:
-        """The experiment's active runs, newest first; None when the experiment does not exist."""
-        client = self.client()
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None or exp.lifecycle_stage == "deleted":
-            return None
-        out = [self._run(r, experiment) for r in _all(lambda **kw: client.search_runs(
-            [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000, **kw))]
-        for run in out:
-            if run.steps is None:  # no stop_step tag yet: still running, or killed -9
-                run.steps = max((m.step for m in client.get_metric_history(run.run_id, "train/loss")), default=None)
-        return out
-
-    def get(self, run_id: str) -> Run:
-        """A run with its metric histories; UserError when the store has no such run."""
-        from .sources import get_run
-
-        return self._with_history(get_run(self.client(), run_id))
-
-    def find(self, ref: str) -> Run | None:
-        """A run by id, else by name across the active experiments (ambiguous names are refused)."""
-        if not self.exists():
-            return None
-        client = self.client()
-        if _RUN_ID.fullmatch(ref):
-            from mlflow.exceptions import MlflowException
-
-            try:
-                return self._with_history(client.get_run(ref))
-            except MlflowException:
-                pass  # not an id after all: try it as a name
-        quote = "'" if "'" not in ref else '"'
-        if quote in ref:
-            return None  # a name with both quote kinds cannot be written in MLflow's filter syntax
-        exps = {e.experiment_id: e.name for e in _all(client.search_experiments)}
-        if not exps:
-            return None
-        found = list(_all(lambda **kw: client.search_runs(
-            list(exps), filter_string=f"attributes.run_name = {quote}{ref}{quote}", **kw)))
-        if len(found) > 1:
-            which = ", ".join(f"{r.info.run_id} in '{exps.get(r.info.experiment_id)}'" for r in found[:5])
-            raise UserError(f"{len(found)} MLflow runs are named {ref!r} ({which}); pass a run id instead")
-        if not found:
-            return None
-        return self._with_history(found[0])
-
-    def _run(self, r: Any, experiment: str | None = None) -> Run:
-        tags, info = r.data.tags, r.info
-        end = info.end_time or (time.time() * 1000 if info.status == "RUNNING" else None)
-        return Run(
-            name=info.run_name or info.run_id, source="mlflow", run_id=info.run_id, status=info.status,
-            stop_reason=tags.get("stop_reason"), stop_detail=tags.get("stop_detail"),
-            steps=_int(tags.get("stop_step")), best_val_loss=_float(tags.get("best_val_loss")),
-            tokens_seen=r.data.metrics.get(TOKENS),
-            start_time=info.start_time / 1000 if info.start_time else None,
-            duration_s=(end - info.start_time) / 1000 if end and info.start_time else None,
-            experiment=experiment, params=dict(r.data.params),
-        )
-
-    def _with_history(self, r: Any) -> Run:
-        run = self._run(r)
-        client = self.client()
-        for key in (*COMPARED_METRICS, TOKENS):
-            history = client.get_metric_history(run.run_id, key)
-            run.history[key] = sorted({m.step: m.value for m in history}.items())
-        if run.steps is None:  # still running, or killed -9: the last step it logged
-            run.steps = max((s for s, _ in run.history.get("train/loss", [])), default=None)
-        if run.best_val_loss is None:
-            run.best_val_loss = _lowest(run.history.get("val/loss"))
-        return run
+def _from_mlflow(r: Any, experiment: str | None = None) -> Run:
+    tags, info = r.data.tags, r.info
+    end = info.end_time or (time.time() * 1000 if info.status == "RUNNING" else None)
+    return Run(
+        name=info.run_name or info.run_id, source="mlflow", run_id=info.run_id, status=info.status,
+        stop_reason=tags.get("stop_reason"), stop_detail=tags.get("stop_detail"),
+        steps=_int(tags.get("stop_step")), best_val_loss=_float(tags.get("best_val_loss")),
+        tokens_seen=r.data.metrics.get(TOKENS),
+        start_time=info.start_time / 1000 if info.start_time else None,
+        duration_s=(end - info.start_time) / 1000 if end and info.start_time else None,
+        experiment=experiment, params=dict(r.data.params),
+    )
 
 
-def _local_store_path(uri: str) -> Path | None:
-    """The file or folder behind a sqlite/file/plain-path URI; None for a server."""
-    from urllib.parse import urlparse
-
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):].split("?", 1)[0]
-        return None if path in ("", ":memory:") else Path(path)
-    if uri.startswith("file:"):
-        return Path(urlparse(uri).path)
-    return None if "://" in uri else Path(uri)
-
-
-def _quiet_mlflow() -> None:
-    # Opening a sqlite store logs alembic's migration chatter at INFO; keep the output to ours.
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def _server_runs(store: Store, experiment: str) -> list[Run] | None:
+    found = store.experiment_runs(experiment)
+    if found is None:
+        return None
+    out = [_from_mlflow(r, experiment) for r in found]
+    for run in out:
+        if run.steps is None:  # no stop_step tag yet: still running, or killed -9
+            run.steps = max((s for s, _ in store.history(run.run_id, "train/loss")), default=None)
+    return out
 
 
-def _all(search: Callable[..., Any]) -> list:
-    """Every page of an MLflow search call."""
-    out, token = [], None
-    while True:
-        page = search(page_token=token)
-        out += list(page)
-        token = page.token
-        if not token:
-            return out
+def _with_history(store: Store, r: Any) -> Run:
+    run = _from_mlflow(r)
+    for key in (*COMPARED_METRICS, TOKENS):
+        run.history[key] = store.history(run.run_id, key)
+    if run.steps is None:  # still running, or killed -9: the last step it logged
+        run.steps = max((s for s, _ in run.history.get("train/loss", [])), default=None)
+    if run.best_val_loss is None:
+        run.best_val_loss = _lowest(run.history.get("val/loss"))
+    return run
 
 
 def _lowest(points: list[tuple[int, float]] | None) -> float | None:
@@ -329,7 +237,7 @@ def list_runs(experiment: str | None, output_dir: Path, store: Store | None = No
     missing_experiment = False
     if store.exists():
         try:
-            found = store.runs(experiment or DEFAULT_EXPERIMENT)
+            found = _server_runs(store, experiment or DEFAULT_EXPERIMENT)
         except UserError as e:  # an unreachable server still leaves the run folders worth listing
             print(f"warning: {e}; listing local run folders only", file=sys.stderr)
             found = []
@@ -381,7 +289,7 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
     from . import sources
 
     if ref.startswith(("mlflow:", "runs:/")):
-        return store.get(sources.parse(ref).value)
+        return _with_history(store, store.get(sources.parse(ref).value))
     path = Path(ref).expanduser()
     if is_run_dir(path):
         return load_local(path)
@@ -391,6 +299,8 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
     if is_run_dir(output_dir / ref):
         return load_local(output_dir / ref)
     found = store.find(ref)
+    if found is not None:
+        found = _with_history(store, found)
     if found is None:
         raise UserError(f"no run {ref!r}: not a run folder under {output_dir}/ nor an MLflow run name or id at "
                         f"{store.where}; `tracked-train runs` lists them")

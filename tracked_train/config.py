@@ -352,6 +352,13 @@ def resolve(config_file: str | None, sets: list[str], cli: Mapping[str, Any] | N
 def validate(cfg: Config) -> None:
     """Cross-field rules that no single field's type can express."""
     m, t, d = cfg.model, cfg.training, cfg.data
+    if cfg.run.name is not None:
+        from .names import problem, sanitise
+
+        why = problem(cfg.run.name)
+        if why:
+            raise ConfigError(f"run name {cfg.run.name[:60]!r}{'...' if len(cfg.run.name) > 60 else ''} {why}; "
+                              f"it names a folder: use e.g. --run-name {sanitise(cfg.run.name)!r}")
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}")
     kv = m.n_kv_heads or m.n_heads

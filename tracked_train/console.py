@@ -19,12 +19,26 @@ log = logging.getLogger("tracked_train")
 _KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
 
+class _Redacting(logging.Formatter):
+    """Removes URI credentials from every line, tracebacks included: exception texts quote URIs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .redact import redact_text
+
+        return redact_text(super().format(record))
+
+
+FILE_ONLY = {"file_only": True}  # ``log.error(..., extra=FILE_ONLY)``: for train.log, not the console
+
+
 class _ConsoleHandler(logging.Handler):
     """Prints records above the rich bar while one is shown, to stderr otherwise."""
 
     rich_console = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "file_only", False):
+            return
         msg = self.format(record)
         if self.rich_console is not None:
             self.rich_console.print(msg, highlight=False, markup=False)
@@ -38,16 +52,18 @@ _console_handler = _ConsoleHandler()
 def setup_logging(log_file: Path | None = None) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
+    # A full disk makes train.log unwritable: the run goes on and says so once, without a traceback per line.
+    logging.raiseExceptions = False
     for h in list(log.handlers):
         if isinstance(h, logging.FileHandler):
             log.removeHandler(h)
             h.close()
     if _console_handler not in log.handlers:
-        _console_handler.setFormatter(logging.Formatter("%(message)s"))
+        _console_handler.setFormatter(_Redacting("%(message)s"))
         log.addHandler(_console_handler)
     if log_file is not None:
         fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setFormatter(_Redacting("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, DataConfig
-from .errors import UserError
+from .errors import UserError, describe
 
 
 def check_files(cfg: DataConfig) -> None:
@@ -33,6 +33,30 @@ def check_files(cfg: DataConfig) -> None:
             raise UserError(f"data file '{f}' does not exist; check data.train_files / data.valid_files")
         if p.stat().st_size == 0:
             raise UserError(f"data file '{f}' is empty; point data.train_files / data.valid_files at text")
+        _check_text(p)
+
+
+def _check_text(path: Path) -> None:
+    """A UTF-8 text file, or one line saying what it is instead (read in chunks: memory stays flat)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                nul = chunk.find(b"\x00")
+                if nul >= 0:
+                    raise UserError(f"data file '{path}' is binary (a NUL byte at offset {offset + nul}); "
+                                    "data.train_files / data.valid_files must be UTF-8 text")
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise UserError(f"data file '{path}' is not UTF-8 text (byte {offset + e.start}: {e.reason}); "
+                        "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+    except OSError as e:
+        raise UserError(f"data file '{path}' cannot be read ({e.strerror}); check its permissions") from None
 
 
 def _lines(ds) -> list[str]:
@@ -64,7 +88,7 @@ def load_lines(cfg: DataConfig) -> tuple[list[str], list[str]]:
         try:
             dd = datasets.load_dataset(cfg.hf_name, cfg.hf_config)
         except Exception as e:  # hub unreachable, unknown name, missing config...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = describe(e)
             raise UserError(f"could not load dataset '{cfg.hf_name}' ({cfg.hf_config}): {first}; "
                             "check data.hf_name / data.hf_config and the network, "
                             "or use data.source=text with local files") from None

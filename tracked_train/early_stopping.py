@@ -8,25 +8,46 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
 
-Reason = Literal["completed", "patience", "target_reached", "time_budget", "diverged", "interrupted", "failed"]
 
-EXIT_CODES: dict[str, int] = {
-    "completed": 0, "patience": 0, "target_reached": 0, "time_budget": 0,
-    "diverged": 1, "failed": 1, "interrupted": 130,
-}
+class StopReason(str, Enum):
+    """Why a run stopped; each reason carries the process exit code and the run status trackers record."""
+
+    COMPLETED = "completed"
+    PATIENCE = "patience"
+    TARGET_REACHED = "target_reached"
+    TIME_BUDGET = "time_budget"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # "patience", not "StopReason.PATIENCE", in messages and tags
+        return self.value
+
+    @property
+    def exit_code(self) -> int:
+        return {StopReason.DIVERGED: 1, StopReason.FAILED: 1, StopReason.INTERRUPTED: 130}.get(self, 0)
+
+    @property
+    def status(self) -> str:
+        """The run's end status in MLflow's words (W&B takes the exit code)."""
+        return {StopReason.DIVERGED: "FAILED", StopReason.FAILED: "FAILED",
+                StopReason.INTERRUPTED: "KILLED"}.get(self, "FINISHED")
 
 
 @dataclass(frozen=True)
 class Stop:
-    reason: Reason
+    reason: StopReason
     detail: str
     step: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", StopReason(self.reason))  # accept the plain string too
+
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.reason]
+        return self.reason.exit_code
 
 
 class EarlyStopping:
@@ -54,18 +75,19 @@ class EarlyStopping:
 
     def on_train_loss(self, step: int, loss: float) -> Stop | None:
         if not math.isfinite(loss):
-            return Stop("diverged", f"Training diverged at step {step}: the loss became {loss}.", step)
+            return Stop(StopReason.DIVERGED, f"Training diverged at step {step}: the loss became {loss}.", step)
         self.ema = loss if self.ema is None else self.EMA_BETA * self.ema + (1 - self.EMA_BETA) * loss
         self.best_ema = min(self.best_ema, self.ema)
         if self.divergence_factor and self.ema > self.divergence_factor * self.best_ema:
-            return Stop("diverged", f"Training diverged at step {step}: the smoothed loss {self.ema:.3f} is "
+            return Stop(StopReason.DIVERGED, f"Training diverged at step {step}: the smoothed loss {self.ema:.3f} is "
                         f"over {self.divergence_factor:g}x its best {self.best_ema:.3f}.", step)
         return None
 
     def on_eval(self, step: int, val_loss: float) -> tuple[bool, Stop | None]:
         """Record an evaluation; return (is it a new best?, stop decision)."""
         if not math.isfinite(val_loss):
-            return False, Stop("diverged", f"Training diverged at step {step}: validation loss is {val_loss}.", step)
+            return False, Stop(StopReason.DIVERGED,
+                               f"Training diverged at step {step}: validation loss is {val_loss}.", step)
         improved = val_loss < self.best_loss - self.min_delta
         if improved:
             self.best_loss, self.best_step = val_loss, step
@@ -73,18 +95,19 @@ class EarlyStopping:
         else:
             self.evals_without_improvement += 1
         if self.target_loss is not None and val_loss <= self.target_loss:
-            return improved, Stop("target_reached", f"Reached the target validation loss {self.target_loss:g} "
+            return improved, Stop(StopReason.TARGET_REACHED, f"Reached the target validation loss {self.target_loss:g} "
                                   f"at step {step} (val loss {val_loss:.4f}).", step)
         if self.patience is not None and self.evals_without_improvement >= self.patience:
-            return improved, Stop("patience", f"Validation loss did not improve by more than {self.min_delta:g} "
-                                  f"for {self.patience} evaluations; best {self.best_loss:.4f} at step "
-                                  f"{self.best_step}.", step)
+            return improved, Stop(StopReason.PATIENCE,
+                                  f"Validation loss did not improve by more than {self.min_delta:g} for "
+                                  f"{self.patience} evaluations; best {self.best_loss:.4f} at step {self.best_step}.",
+                                  step)
         return improved, None
 
     @staticmethod
     def check_time(step: int, elapsed_s: float, budget_s: float | None) -> Stop | None:
         if budget_s is not None and elapsed_s >= budget_s:
-            return Stop("time_budget", f"Stopped at step {step}: the time budget of {budget_s:g} s ran out "
+            return Stop(StopReason.TIME_BUDGET, f"Stopped at step {step}: the time budget of {budget_s:g} s ran out "
                         f"({elapsed_s:.1f} s elapsed).", step)
         return None
 
@@ -101,7 +124,7 @@ class EarlyStopping:
 
 
 def completed(step: int, max_steps: int) -> Stop:
-    return Stop("completed", f"Completed all {max_steps} steps.", step)
+    return Stop(StopReason.COMPLETED, f"Completed all {max_steps} steps.", step)
 
 
 def verdict(initial_loss: float, final_loss: float) -> tuple[float, str]:

@@ -1,4 +1,6 @@
-"""Errors the CLI turns into one line and exit code 2 (bad input, not a bug)."""
+"""Errors the CLI turns into one line and exit code 2 (bad input, not a bug), and how to describe any error."""
+
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -15,3 +17,20 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     pass
+
+
+class RunFolderBusy(UserError):
+    """Another process holds the run folder's lock."""
+
+
+def describe(e: BaseException, limit: int = 300) -> str:
+    """One line for a log or a message: the first non-empty line of ``e``, credentials removed.
+
+    Exception texts may quote a URI with a password in it, and may be empty:
+    fall back to the exception's type name.
+    """
+    from .redact import redact_text
+
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    text = redact_text(lines[0])[:limit] if lines else ""
+    return text or type(e).__name__

@@ -30,6 +30,15 @@ def strip_userinfo(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+# ``scheme://user:password@`` anywhere in a text (an exception message, a log line, a traceback).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """Remove the credentials of every URI inside ``text``: ``http://u:pw@host`` -> ``http://***@host``."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return strip_userinfo(value) if "@" in value and "://" in value else value

@@ -1,27 +1,36 @@
-"""``tracked-train resume``: continue a run from a checkpoint, locally or from a server.
+"""``tracked-train resume``: decide how to continue a run, then hand it to the run lifecycle.
 
 The checkpoint's own config is the base. ``--set`` values that differ from it
 are config drift: refused (exit 2, every difference listed) unless
 ``--allow-config-change``, which records them as a tag and an artifact.
 Keys that fix the model's shape never change: the weights decide them.
+
+An exact resume (from ``last``, same config) recomputes the steps after the
+checkpoint with the values already logged, and continues the same tracked
+runs. An inexact one (``--from best``, a changed config) is a *rewind*: the
+trackers drop or leave behind what they hold after the checkpoint's step.
+A run folder with no checkpoint yet starts again from step 0, in the same
+tracked runs. A run that already finished is left alone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint, config, sources
-from .errors import ConfigError, UserError
+from .errors import CheckpointError, ConfigError, UserError
+from .lock import RunLock
+from .runner import Attempt, lifecycle, make_run_dir, read_tracker_state
 
 log = logging.getLogger("tracked_train")
 
 # Where a run is recorded or displayed, not how it trains: free to differ on resume.
 NOT_DRIFT = ("run.", "console.", "tracking.")
+FINISHED_REASONS = ("completed", "patience", "target_reached", "time_budget")
 
 
 def config_changes(old: config.Config, new: config.Config) -> dict[str, tuple[Any, Any]]:
@@ -47,79 +56,184 @@ def resume(source: str, sets: list[str], which: str = "last", fork: bool = False
     from . import distributed, runner
 
     if distributed.init().is_main:
-        prepared = None
+        attempt = None
         try:
-            prepared = _prepare_resume(source, sets, which, fork, allow_config_change)
+            attempt = _attempt(source, sets, which, fork, allow_config_change)
         finally:  # under torchrun the other ranks follow rank 0's folder (on a shared filesystem across nodes)
-            distributed.broadcast(None if prepared is None else (prepared[0], prepared[2]))
-        return runner.resume(*prepared)
+            distributed.broadcast(None if attempt is None else (attempt.run_dir, attempt.cfg, attempt.state is None))
+        if attempt is None:
+            return 0  # nothing to do (the run had finished)
+        runner._check_world(attempt.cfg)
+        return lifecycle(attempt)
     shared = distributed.broadcast(None)
     if shared is None:
-        return 2  # rank 0 reported the problem
-    run_dir, cfg = shared
-    return runner.resume(run_dir, checkpoint.load(run_dir / "checkpoints" / "last"), cfg)
+        return 2  # rank 0 reported the problem, or there was nothing to do
+    run_dir, cfg, from_scratch = shared
+    state = None if from_scratch else checkpoint.load(run_dir / "checkpoints" / "last")
+    runner._check_world(cfg)
+    return runner._run(runner._prepare(cfg, run_dir, runner.Trackers([]), resume_from=state))
 
 
-def _prepare_resume(source: str, sets: list[str], which: str, fork: bool,
-                    allow_config_change: bool) -> tuple[Path, dict[str, Any], config.Config, dict[str, str]]:
-    """Rank 0's part: fetch and check the checkpoint, settle the config and the run folder."""
+def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) -> Attempt | None:
+    """Rank 0's part: the checkpoint checked, the config settled, the run folder chosen and locked."""
     overrides = dict(config.parse_assignment(s) for s in sets)  # bad keys fail before any download
-    folder, origin = sources.fetch(source, which, overrides.get("tracking.mlflow_uri"))
-    state = checkpoint.load(folder)
-    saved = config.from_dict(state["config"])
-    cfg = config.build([("--set", overrides)], base=saved)
-    changes = check_drift(saved, cfg, allow_config_change)
-    if origin["kind"] == "mlflow":
-        cfg = cfg.replace(**{"tracking.mlflow_uri": origin["uri"]})  # where the run lives now
-
-    tags: dict[str, str] = {}
-    if origin.get("run_dir") is not None and not fork:
-        run_dir = Path(origin["run_dir"])
-        if which != "last":
-            checkpoint.save_copy(folder, run_dir / "checkpoints" / "last")
-    else:
-        # From a server or a bare checkpoint, or a fork: a fresh local folder holds the continuation.
-        name = cfg.run.name or "resumed"
+    ref = sources.parse(source)
+    if ref.kind == "local" and _is_run_dir(Path(ref.value)) and not fork:
+        return _in_place(Path(ref.value), overrides, which, allow)
+    with sources.fetched(source, which, overrides.get("tracking.mlflow_uri")) as (folder, origin):
+        state = checkpoint.load(folder)
+        saved = checkpoint.config_of(state, folder)
+        cfg = config.build([("--set", overrides)], base=saved)
+        changes = check_drift(saved, cfg, allow)
         if origin["kind"] == "mlflow":
-            name = origin["run"].info.run_name or name
+            cfg = cfg.replace(**{"tracking.mlflow_uri": origin["uri"]})  # where the run lives now
+            if not fork and _finished_on_server(origin["run"], changes, which):
+                return None
+        from .data import check_files
+
+        check_files(cfg.data)
+        # A fresh local folder holds the continuation. Its name may come from a server: it is untrusted.
+        from .names import sanitise
+
+        name = sanitise(origin["run"].info.run_name or "", "resumed") if origin["kind"] == "mlflow" else (
+            cfg.run.name or "resumed")
+        tags: dict[str, str] = {}
+        tracker_state: dict[str, Any] | None = dict(state.get("trackers") or {})
         if fork:
-            name = f"{name}-fork-{time.strftime('%Y%m%d-%H%M%S')}"
+            name = sanitise(f"{name}-fork-{time.strftime('%Y%m%d-%H%M%S')}")
             tags["resumed_from"] = origin.get("run_id") or str(origin.get("run_dir") or source)
-        run_dir = _fresh_dir(Path(cfg.run.output_dir), name)
-        checkpoint.save_copy(folder, run_dir / "checkpoints" / "last")
+            tracker_state = None  # every tracker starts a new run, the old one is untouched
+        elif origin["kind"] == "mlflow":
+            tracker_state["mlflow"] = {**(tracker_state.get("mlflow") or {}), "run_id": origin["run_id"]}
+        run_dir = make_run_dir(Path(cfg.run.output_dir), name, exact=False)
+        lock = RunLock(run_dir).acquire()
+        try:
+            checkpoint.save_copy(folder, run_dir / "checkpoints" / "last")
+        except BaseException:
+            lock.release()
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    cfg = cfg.replace(**{"run.name": run_dir.name, "run.output_dir": str(run_dir.parent)})
+    _tag_changes(tags, changes)
+    rewind = tracker_state is not None and (which != "last" or bool(changes))
+    return Attempt(cfg, run_dir, lock, new=True, state=state, tracker_state=tracker_state, rewind=rewind, tags=tags)
+
+
+def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool) -> Attempt | None:
+    """Continue a local run folder in place (locked first: nothing is touched while another process runs it)."""
+    lock = RunLock(run_dir).acquire()
+    try:
+        checkpoints = run_dir / "checkpoints"
+        checkpoint.clean(checkpoints)  # what a save cut by a kill or a full disk left behind
+        state = _load_or_none(checkpoints / which, which)
+        if state is None:
+            saved = _folder_config(run_dir)
+        else:
+            saved = checkpoint.config_of(state, checkpoints / which)
+        cfg = config.build([("--set", overrides)], base=saved)
+        changes = check_drift(saved, cfg, allow)
+        if _finished_locally(run_dir, changes, which):
+            lock.release()
+            return None
+        from .data import check_files
+
+        check_files(cfg.data)
+        if state is not None and which != "last":
+            checkpoint.save_copy(checkpoints / which, checkpoints / "last")
+        tracker_state = read_tracker_state(run_dir)
+        if state is not None and state.get("trackers"):
+            tracker_state = {**(tracker_state or {}), **state["trackers"]}
+        if state is None:
+            log.info("%s has no checkpoint yet: starting it again from step 0%s", run_dir,
+                     " in the same tracked runs" if tracker_state else "")
+        tags: dict[str, str] = {}
+        _tag_changes(tags, changes)
+        rewind = (tracker_state is not None and state is not None and (which != "last" or bool(changes))
+                  and _logged_after(run_dir, state["step"]))
         cfg = cfg.replace(**{"run.name": run_dir.name, "run.output_dir": str(run_dir.parent)})
-    if fork:
-        state["trackers"] = {}  # every tracker starts a new run, the old one is untouched
+        return Attempt(cfg, run_dir, lock, new=False, state=state, tracker_state=tracker_state, rewind=rewind,
+                       tags=tags)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _logged_after(run_dir: Path, step: int) -> bool:
+    """Whether the run logged steps after ``step`` (which a resume from ``step`` recomputes)."""
+    from .trackers import jsonl
+
+    path = run_dir / jsonl.FILENAME
+    return path.exists() and any(r.get("step", 0) > step for r in jsonl.read(path) if "event" not in r)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "config.yaml").is_file())
+
+
+def _load_or_none(folder: Path, which: str) -> dict[str, Any] | None:
+    """The checkpoint's state; None when the run never saved one (and ``which`` is last)."""
+    try:
+        return checkpoint.load(folder)
+    except CheckpointError as e:
+        if "no checkpoint at" in str(e) and which == "last" and not (folder.parent / "best").exists():
+            return None
+        raise
+
+
+def _folder_config(run_dir: Path) -> config.Config:
+    import yaml
+
+    try:
+        nested = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return checkpoint.config_of({"config": nested}, run_dir / "config.yaml")
+    except (OSError, yaml.YAMLError):
+        raise UserError(f"{run_dir} has no checkpoint and its config.yaml is unreadable; start a new run "
+                        "with `tracked-train run`") from None
+    except CheckpointError as e:
+        raise UserError(str(e).replace("checkpoint ", "", 1)) from None
+
+
+def _tag_changes(tags: dict[str, str], changes: dict[str, tuple[Any, Any]]) -> None:
     if changes:
         tags["config_changes"] = json.dumps({k: [a, b] for k, (a, b) in changes.items()})[:5000]
         log.warning("config changed on resume: %s", tags["config_changes"])
-    if origin["kind"] == "mlflow":
-        shutil.rmtree(folder.parent, ignore_errors=True)
-    return run_dir, state, cfg, tags
 
 
-def _fresh_dir(root: Path, name: str) -> Path:
-    run_dir, n = root / name, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = root / f"{name}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
+def _last_stop(run_dir: Path) -> dict | None:
+    from .trackers import jsonl
+
+    stop = None
+    path = run_dir / jsonl.FILENAME
+    for r in jsonl.read(path) if path.exists() else []:
+        if r.get("event") in ("start", "resume"):
+            stop = None
+        elif r.get("event") == "stop":
+            stop = r
+    return stop
 
 
-def init_weights(source: str, mlflow_uri: str | None) -> dict[str, Any]:
-    """The checkpoint state behind ``run --init-from`` and ``generate``: best if there is one, else last."""
-    problems = []
-    for which in ("best", "last"):
-        try:
-            folder, origin = sources.fetch(source, which, mlflow_uri)
-            try:
-                return checkpoint.load(folder)
-            finally:
-                if origin["kind"] == "mlflow":
-                    shutil.rmtree(folder.parent, ignore_errors=True)
-        except checkpoint.CheckpointError as e:
-            problems.append(str(e))
-            if which == "best" and "no checkpoint at" not in str(e):
-                log.warning("best checkpoint unusable (%s); using last", e)
-    raise UserError(problems[-1])
+def _finished_locally(run_dir: Path, changes: dict, which: str) -> bool:
+    stop = _last_stop(run_dir)
+    if stop is None or stop.get("reason") not in FINISHED_REASONS or changes or which != "last":
+        return False
+    _say_finished(str(run_dir), stop.get("reason"), stop.get("step"))
+    return True
+
+
+def _finished_on_server(run: Any, changes: dict, which: str) -> bool:
+    reason = run.data.tags.get("stop_reason")
+    if run.info.status != "FINISHED" or reason not in FINISHED_REASONS or changes or which != "last":
+        return False
+    _say_finished(f"MLflow run {run.info.run_id}", reason, run.data.tags.get("stop_step"))
+    return True
+
+
+def _say_finished(what: str, reason: str | None, step: Any) -> None:
+    from .console import setup_logging
+
+    setup_logging(None)
+    log.info("%s already finished (%s at step %s); nothing to resume. To train on, raise the limit that "
+             "stopped it (e.g. --set training.max_steps=N --allow-config-change) or resume with --fork.",
+             what, reason, step)

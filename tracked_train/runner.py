@@ -1,29 +1,63 @@
-"""Start or resume a run: the run folder, trackers, data, then the loop.
+"""One run lifecycle for `run` and `resume`: lock, trackers, data and model, the loop, the ending.
 
-Setup failures (bad data, an unreachable tracking server, a tokenizer that
-cannot be trained) are :class:`UserError`: a new run's folder is removed and
-its trackers aborted, so bad input leaves nothing half-written. Once training
-has started, every ending goes through ``trackers.finish`` with its reason.
+:func:`start` and :func:`resume` (in :mod:`tracked_train.resume`) only decide
+*what* to run: an :class:`Attempt`. :func:`lifecycle` owns everything after:
+
+1. the run folder is locked (a second process on it exits 2, naming the first);
+2. trackers start; their states go to ``trackers.json``, so a folder killed
+   before its first checkpoint resumes into the same tracked runs;
+3. data, tokenizer and model are prepared;
+4. the loop runs, and every ending reaches every tracker with its reason.
+
+A failure before the loop reaches the trackers too (:meth:`Trackers.abort`):
+a new run that never trained is removed everywhere, a resumed one gets its
+earlier status back; nothing is left RUNNING. Bad input (:class:`UserError`)
+also removes a new run's folder, so nothing is half-written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import distributed
 from .config import Config, dump_yaml
-from .console import config_table, setup_logging
+from .console import FILE_ONLY, config_table, setup_logging
 from .data import check_files
-from .early_stopping import Stop
-from .errors import ConfigError, UserError
+from .early_stopping import Stop, StopReason
+from .errors import ConfigError, UserError, describe
+from .lock import RunLock
 from .trackers import Outcome, RunInfo, Trackers
 
 log = logging.getLogger("tracked_train")
+
+TRACKERS_FILE = "trackers.json"
+
+
+@dataclass
+class Attempt:
+    """What one `run` or `resume` process is about to do in a (locked) run folder."""
+
+    cfg: Config
+    run_dir: Path
+    lock: RunLock
+    new: bool  # a folder made by this process: removed if bad input stops it before training
+    state: dict[str, Any] | None = None  # checkpoint to continue from (None: step 0)
+    init: dict[str, Any] | None = None  # --init-from weights
+    tracker_state: dict[str, Any] | None = None  # tracked runs to continue (None: new ones)
+    rewind: bool = False  # an inexact resume: the steps after the checkpoint get new values
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def start_step(self) -> int:
+        return self.state["step"] if self.state else 0
 
 
 def default_run_name(cfg: Config) -> str:
@@ -32,20 +66,24 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.source}-d{m.d_model}-l{m.n_layers}-lr{t.lr:g}-bs{t.batch_size}-{stamp}"
 
 
-def _new_run_dir(cfg: Config) -> tuple[str, Path]:
-    root = Path(cfg.run.output_dir)
-    if cfg.run.name:
-        run_dir = root / cfg.run.name
-        if run_dir.exists():
-            raise UserError(f"run folder {run_dir} already exists; choose another --run-name "
-                            f"or continue it with `tracked-train resume {run_dir}`")
-        return cfg.run.name, run_dir
-    name = default_run_name(cfg)
-    run_dir, n = root / name, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = root / f"{name}-{n}"
-    return run_dir.name, run_dir
+def make_run_dir(root: Path, name: str, exact: bool) -> Path:
+    """Create ``root/name`` (or ``name-2``, ``-3``... unless ``exact``); bad folders are bad input."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            run_dir = root / (name if n == 1 else f"{name}-{n}")
+            try:
+                run_dir.mkdir()  # atomic: two processes never get the same folder
+                return run_dir
+            except FileExistsError:
+                if exact:
+                    raise UserError(f"run folder {run_dir} already exists; choose another --run-name "
+                                    f"or continue it with `tracked-train resume {run_dir}`") from None
+                n += 1
+    except OSError as e:
+        raise UserError(f"cannot create a run folder in {root} ({e.strerror or describe(e)}); "
+                        "choose a writable --output-dir") from None
 
 
 def _check_world(cfg: Config) -> None:
@@ -67,92 +105,111 @@ def start(cfg: Config, init_from: str | None = None) -> int:
         cfg, run_dir, tokenizer = opened
         init = {"tokenizer": tokenizer} if tokenizer is not None else None  # DDP broadcasts rank 0's weights
         return _run(_prepare(cfg, run_dir, Trackers([]), init=init))
-    opened = None
+    attempt = None
     try:
-        cfg, run_dir, trackers, init = _open_run(cfg, init_from)
-        opened = (cfg, run_dir, init["tokenizer"] if init else None)
+        attempt = _new_attempt(cfg, init_from)
     finally:
-        distributed.broadcast(opened)
-    try:
-        parts = _prepare(cfg, run_dir, trackers, init=init)
-    except BaseException as e:
-        _discard(run_dir, trackers, remove_folder=isinstance(e, UserError))
-        raise
-    trackers.log_artifact(run_dir / "config.yaml", "config.yaml")
-    trackers.log_artifact(run_dir / "tokenizer", "tokenizer")
-    return _run(parts)
+        distributed.broadcast(None if attempt is None else (
+            attempt.cfg, attempt.run_dir, attempt.init["tokenizer"] if attempt.init else None))
+    return lifecycle(attempt)
 
 
-def _open_run(cfg: Config, init_from: str | None) -> tuple[Config, Path, Trackers, dict[str, Any] | None]:
-    """Check the input, make the run folder and start the trackers' runs (bad input: exit 2, nothing left)."""
+def _new_attempt(cfg: Config, init_from: str | None) -> Attempt:
+    """Check the input, then make and lock the run folder (bad input: exit 2, nothing made)."""
     check_files(cfg.data)
     init = None
     if init_from:
-        from .config import MODEL_SHAPE_KEYS, from_dict
-        from .resume import init_weights
+        from .checkpoint import config_of
+        from .config import MODEL_SHAPE_KEYS
+        from .sources import init_weights
 
         init = init_weights(init_from, cfg.tracking.mlflow_uri)
-        shape = {k: v for k, v in from_dict(init["config"]).flat().items() if k in MODEL_SHAPE_KEYS}
+        shape = {k: v for k, v in config_of(init, init_from).flat().items() if k in MODEL_SHAPE_KEYS}
         changed = {k: v for k, v in shape.items() if cfg.flat()[k] != v}
         if changed:
             log.warning("--init-from: the weights fix the model's shape: %s",
                         ", ".join(f"{k}={v}" for k, v in changed.items()))
         cfg = cfg.replace(**shape)
-    trackers = Trackers.from_specs(cfg.tracking.trackers)  # unknown tracker names fail here, before any folder
-    name, run_dir = _new_run_dir(cfg)
-    cfg = cfg.replace(**{"run.name": name})
-    run_dir.mkdir(parents=True)
+    Trackers.from_specs(cfg.tracking.trackers)  # unknown tracker names fail here, before any folder
+    run_dir = make_run_dir(Path(cfg.run.output_dir), cfg.run.name or default_run_name(cfg), bool(cfg.run.name))
+    lock = RunLock(run_dir).acquire()
+    tags = {"init_from": init_from} if init_from else {}
+    return Attempt(cfg.replace(**{"run.name": run_dir.name}), run_dir, lock, new=True, init=init, tags=tags)
+
+
+def lifecycle(a: Attempt) -> int:
+    """Run an attempt to its end in every tracker; the lock is released on every path."""
+    try:
+        parts = _open(a)
+        return _run(parts)
+    finally:
+        a.lock.release()
+
+
+def _open(a: Attempt):
+    """Trackers started, data and model ready; on any failure every tracker hears of it."""
+    trackers = Trackers.from_specs(a.cfg.tracking.trackers)
     started = False
     try:
-        dump_yaml(cfg, run_dir / "config.yaml")
         setup_logging(None)
-        trackers.start(RunInfo(name, run_dir, cfg))  # fails fast (exit 2) on an unreachable server
+        dump_yaml(a.cfg, a.run_dir / "config.yaml")
+        trackers.start(RunInfo(a.cfg.run.name or a.run_dir.name, a.run_dir, a.cfg, a.start_step,
+                               a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
         started = True
-        setup_logging(run_dir / "train.log")
-        log.info("run %s -> %s\n%s", name, run_dir, config_table(cfg.flat()))
-        trackers.log_params(cfg.flat())
-        if init is not None:
-            trackers.set_tags({"init_from": init_from})
+        _write_tracker_state(a.run_dir, trackers)
+        setup_logging(a.run_dir / "train.log")
+        if a.state or a.tracker_state is not None:
+            log.info("resuming %s from step %d\n%s", a.run_dir, a.start_step, config_table(a.cfg.flat()))
+        else:
+            log.info("run %s -> %s\n%s", a.run_dir.name, a.run_dir, config_table(a.cfg.flat()))
+        if a.tracker_state is None or a.rewind:  # new tracked runs (a rewind may be one) need their params
+            trackers.log_params(a.cfg.flat())
+        if a.tags:
+            trackers.set_tags(a.tags)
+            if "config_changes" in a.tags:
+                (a.run_dir / "config_changes.json").write_text(a.tags["config_changes"])
+                trackers.log_artifact(a.run_dir / "config_changes.json", "config_changes.json")
+        parts = _prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init)
+        if a.new:
+            trackers.log_artifact(a.run_dir / "config.yaml", "config.yaml")
+            trackers.log_artifact(a.run_dir / "tokenizer", "tokenizer")
+        return parts
     except BaseException as e:
-        _discard(run_dir, trackers if started else None, remove_folder=isinstance(e, UserError))
+        if not isinstance(e, (UserError, KeyboardInterrupt)):
+            log.error("setup failed: %s: %s", type(e).__name__, describe(e))
+            log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
+        if started:
+            trackers.abort()
+        if a.new:
+            (a.run_dir / TRACKERS_FILE).unlink(missing_ok=True)  # its tracked runs are gone: a resume makes new ones
+            if isinstance(e, (UserError, KeyboardInterrupt)):
+                setup_logging(None)
+                shutil.rmtree(a.run_dir, ignore_errors=True)
         raise
-    return cfg, run_dir, trackers, init
 
 
-def _discard(run_dir: Path, trackers: Trackers | None, remove_folder: bool) -> None:
-    """Undo a run that never trained: no run left RUNNING on a server; no folder left for bad input."""
-    if trackers is not None:
-        trackers.abort()
-    if remove_folder:
-        setup_logging(None)
-        shutil.rmtree(run_dir, ignore_errors=True)
+def _write_tracker_state(run_dir: Path, trackers: Trackers) -> None:
+    tmp = run_dir / f"{TRACKERS_FILE}.tmp"
+    tmp.write_text(json.dumps(trackers.state()))
+    os.replace(tmp, run_dir / TRACKERS_FILE)
 
 
-def resume(run_dir: Path, state: dict[str, Any], cfg: Config, tags: dict[str, str] | None = None) -> int:
-    """Continue ``run_dir`` from a loaded checkpoint ``state`` with (checked) config ``cfg``."""
-    _check_world(cfg)
-    if not distributed.current().is_main:
-        return _run(_prepare(cfg, run_dir, Trackers([]), resume_from=state))
-    setup_logging(run_dir / "train.log")
-    step = state["step"]
-    log.info("resuming %s from step %d\n%s", run_dir, step, config_table(cfg.flat()))
-    dump_yaml(cfg, run_dir / "config.yaml")
-    trackers = Trackers.from_specs(cfg.tracking.trackers)
-    trackers.start(RunInfo(cfg.run.name or run_dir.name, run_dir, cfg, step, state.get("trackers")))
-    if not state.get("trackers"):  # a fork: new tracker runs need their params
-        trackers.log_params(cfg.flat())
-    if tags:
-        trackers.set_tags(tags)
-        if "config_changes" in tags:
-            (run_dir / "config_changes.json").write_text(tags["config_changes"])
-            trackers.log_artifact(run_dir / "config_changes.json", "config_changes.json")
-    parts = _prepare(cfg, run_dir, trackers, resume_from=state)
-    return _run(parts)
+def read_tracker_state(run_dir: Path) -> dict[str, Any] | None:
+    """The tracked runs a folder started (None when it never started any, or the file is damaged)."""
+    try:
+        state = json.loads((Path(run_dir) / TRACKERS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.warning("%s is damaged; the resumed run starts new tracked runs", Path(run_dir) / TRACKERS_FILE)
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,
              init: dict[str, Any] | None = None):
     """Data, tokenizer and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
+    from .checkpoint import load_weights
     from .data import prepare
     from .train import build
 
@@ -172,7 +229,7 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
                  entropy_rate())
     parts = build(cfg, run_dir, data, tok, trackers, resume_from)
     if init is not None and "model" in init:
-        parts.model.load_state_dict(init["model"])
+        load_weights(parts.model, init["model"], "the --init-from checkpoint")
         log.info("initialised the model from the weights of step %d", init["step"])
     return parts
 
@@ -184,19 +241,27 @@ def _run(parts) -> int:
     try:
         outcome = train(parts)
     except KeyboardInterrupt:
-        stop = Stop("interrupted", f"Interrupted twice at step {parts.st.step}; exited without saving.",
-                    parts.st.step)
+        stop = Stop(StopReason.INTERRUPTED, f"Interrupted twice at step {parts.st.step}; stopped at once "
+                    f"(checkpoints/last holds step {_saved_step(parts.run_dir)}).", parts.st.step)
         trackers.finish(Outcome(stop))
         log.info("stopped: %s", stop.detail)
         return 130
     except Exception as e:
-        log.error("training failed:\n%s", traceback.format_exc())
-        detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        trackers.finish(Outcome(Stop("failed", detail, parts.st.step)))
+        log.error("training failed at step %d: %s: %s", parts.st.step, type(e).__name__, describe(e))
+        log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
+        detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {describe(e)}"
+        trackers.finish(Outcome(Stop(StopReason.FAILED, detail, parts.st.step)))
         return 1
     _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)
     return outcome.stop.exit_code
+
+
+def _saved_step(run_dir: Path) -> int | str:
+    try:
+        return json.loads((run_dir / "checkpoints" / "last" / "manifest.json").read_text()).get("step", "?")
+    except (OSError, ValueError):
+        return "none"
 
 
 def _summary(parts, o: Outcome) -> None:

@@ -6,18 +6,20 @@ References users can pass to `resume`, `generate` and `run --init-from`:
     runs/my-run/checkpoints/best a checkpoint folder
     mlflow:RUN_ID | runs:/RUN_ID an MLflow run (MLFLOW_TRACKING_URI / tracking.mlflow_uri)
 
-A checkpoint fetched from a server is untrusted: every artifact path must stay
-inside the download folder, the files must match the manifest, and loading is
-weights-only (see :mod:`tracked_train.checkpoint`).
+A checkpoint fetched from a server is untrusted (see :mod:`tracked_train.mlflow.store`);
+its download lives in a temporary folder that :func:`fetched` removes on every exit path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import posixpath
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import checkpoint
 from .errors import CheckpointError, UserError
@@ -48,93 +50,68 @@ def _run_id(value: str, ref: str) -> str:
     return value
 
 
-def mlflow_client(uri: str | None):
-    """A client for ``uri`` (else MLFLOW_TRACKING_URI, else the embedded default), or exit 2."""
-    import os
-
-    from .trackers.mlflow_tracker import _check_reachable, tracking_uri
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = tracking_uri(uri)
-    try:
-        _check_reachable(uri)
-    except ConnectionError as e:
-        from .redact import strip_userinfo
-
-        raise UserError(f"MLflow tracking server {strip_userinfo(uri)} is not reachable ({e}); "
-                        "set MLFLOW_TRACKING_URI to the server that holds the run") from None
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri), uri
-
-
-def get_run(client, run_id: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"MLflow run {run_id} not found at {client.tracking_uri}; check the id and "
-                        "MLFLOW_TRACKING_URI") from None
-
-
-def _safe_join(root: Path, artifact_path: str, prefix: str) -> Path:
-    """``root/artifact_path`` relative to ``prefix``, refusing anything that would escape ``root``."""
-    norm = posixpath.normpath(artifact_path)
-    if (artifact_path.startswith("/") or "\\" in artifact_path or norm.startswith("..")
-            or not norm.startswith(prefix.rstrip("/") + "/")):
-        raise CheckpointError(f"artifact path {artifact_path!r} escapes {prefix!r}; refused")
-    rel = norm[len(prefix.rstrip("/")) + 1:]
-    if not rel or rel.startswith(("/", "..")) or "/" in rel:
-        raise CheckpointError(f"artifact path {artifact_path!r} is not a file of {prefix!r}; refused")
-    target = (root / rel).resolve()
-    if root.resolve() not in target.parents:
-        raise CheckpointError(f"artifact path {artifact_path!r} escapes the download folder; refused")
-    return target
-
-
-def download_checkpoint(client, run_id: str, which: str, dest: Path) -> Path:
-    """Download ``checkpoints/<which>`` of an MLflow run into ``dest`` and verify it."""
-    prefix = f"checkpoints/{which}"
-    entries = client.list_artifacts(run_id, prefix)
-    if not entries:
-        raise CheckpointError(f"MLflow run {run_id} has no {prefix} artifact; nothing to resume from")
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in entries:
-        if entry.is_dir:
-            raise CheckpointError(f"unexpected folder {entry.path!r} in {prefix}; refused")
-        target = _safe_join(dest, entry.path, prefix)
-        local = client.download_artifacts(run_id, entry.path, tempfile.mkdtemp(dir=dest.parent))
-        Path(local).replace(target)
-    checkpoint.verify(dest)
-    return dest
-
-
-def fetch(ref: str, which: str = "last", mlflow_uri: str | None = None,
-          workdir: Path | None = None) -> tuple[Path, dict]:
-    """A verified local checkpoint folder for ``ref`` plus where it came from.
+@contextlib.contextmanager
+def fetched(ref: str, which: str = "last", mlflow_uri: str | None = None) -> Iterator[tuple[Path, dict]]:
+    """A verified local checkpoint folder for ``ref`` plus where it came from; downloads removed after.
 
     ``which`` is ``last`` or ``best``; for a server, a damaged ``last`` (an
     upload cut by a kill) falls back to ``best``.
     """
     r = parse(ref)
     if r.kind == "local":
-        path = Path(r.value)
-        if (path / "checkpoints").is_dir():
-            return path / "checkpoints" / which, {"kind": "local", "run_dir": path}
-        if (path / checkpoint.MANIFEST).is_file() or (path.parent / checkpoint.MANIFEST).is_file():
-            return (path if path.is_dir() else path.parent), {"kind": "local", "run_dir": None}
-        raise UserError(f"no run folder or checkpoint at {ref}; pass a run folder, a checkpoint folder, "
-                        "mlflow:RUN_ID or runs:/RUN_ID")
-    client, uri = mlflow_client(mlflow_uri)
+        yield _local(r.value, which)
+        return
+    from .mlflow.store import download_checkpoint, get_run, open_client
+
+    client, uri = open_client(mlflow_uri)
     run = get_run(client, r.value)
-    root = Path(tempfile.mkdtemp(prefix="tracked-train-", dir=workdir))
-    origin = {"kind": "mlflow", "run_id": r.value, "uri": uri, "run": run, "client": client}
+    root = Path(tempfile.mkdtemp(prefix="tracked-train-"))
+    origin = {"kind": "mlflow", "run_id": r.value, "uri": uri, "run": run}
     try:
-        return download_checkpoint(client, r.value, which, root / which), origin
-    except CheckpointError as e:
-        if which != "last":
-            raise
-        log.warning("checkpoints/last on the server is unusable (%s); trying checkpoints/best", e)
-        return download_checkpoint(client, r.value, "best", root / "best"), origin
+        try:
+            folder = download_checkpoint(client, r.value, which, root / which)
+        except CheckpointError as e:
+            if which != "last":
+                raise
+            log.warning("checkpoints/last on the server is unusable (%s); trying checkpoints/best", e)
+            folder = download_checkpoint(client, r.value, "best", root / "best")
+        yield folder, origin
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _local(value: str, which: str) -> tuple[Path, dict]:
+    path = Path(value)
+    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file() and (path / "metrics.jsonl").exists():
+        return path / "checkpoints" / which, {"kind": "local", "run_dir": path}
+    if (path / checkpoint.MANIFEST).is_file() or (path.parent / checkpoint.MANIFEST).is_file():
+        return (path if path.is_dir() else path.parent), {"kind": "local", "run_dir": None}
+    raise UserError(f"no run folder or checkpoint at {value}; pass a run folder, a checkpoint folder, "
+                    "mlflow:RUN_ID or runs:/RUN_ID")
+
+
+def init_weights(source: str, mlflow_uri: str | None) -> dict[str, Any]:
+    """The checkpoint state behind ``run --init-from`` and ``generate``: best if there is one, else last."""
+    problems = []
+    for which in ("best", "last"):
+        try:
+            with fetched(source, which, mlflow_uri) as (folder, _):
+                return checkpoint.load(folder)
+        except CheckpointError as e:
+            problems.append(str(e))
+            if which == "best" and "no checkpoint at" not in str(e) and "has no checkpoints/best" not in str(e):
+                log.warning("best checkpoint unusable (%s); using last", e)
+    raise UserError(problems[-1])
+
+
+def load_model(source: str | Path) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a checkpoint, verified and loaded weights-only."""
+    from .model import GPT
+    from .tokenizer import Tokenizer
+    from .train import gpt_config
+
+    state = init_weights(str(source), None)
+    tok = Tokenizer(state["tokenizer"].numpy().tobytes())
+    model = GPT(gpt_config(checkpoint.config_of(state), tok.vocab_size))
+    checkpoint.load_weights(model, state["model"], str(source))
+    return model.eval(), tok

@@ -104,7 +104,8 @@ def train_tokenizer(lines: Sequence[str], cfg: TokenizerConfig, data_hash: str) 
         )
     except RuntimeError as e:
         # e.g. "Vocabulary size too high (4000). Please set it to a value <= 1320."
-        why = str(e).strip().splitlines()[-1].rsplit("] ", 1)[-1]
+        lines = [s for s in str(e).splitlines() if s.strip()]
+        why = lines[-1].rsplit("] ", 1)[-1] if lines else type(e).__name__
         raise UserError(f"tokenizer training failed: {why} Adjust tokenizer.vocab_size.") from None
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".tmp{os.getpid()}")

@@ -27,7 +27,7 @@ from . import checkpoint, distributed
 from .config import Config, TrainingConfig
 from .console import Progress, peak_tflops
 from .data import Data
-from .early_stopping import EarlyStopping, Stop, completed, verdict
+from .early_stopping import EarlyStopping, Stop, StopReason, completed, verdict
 from .interrupts import Interrupts
 from .model import GPT, GPTConfig, param_groups
 from .tokenizer import Tokenizer
@@ -214,11 +214,15 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
     stopper = EarlyStopping(es.patience, es.min_delta, es.target_loss, es.divergence_factor)
     st = LoopState()
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        stopper.load_state_dict(state["early_stopping"])
-        st = LoopState(**state["loop"])
+        checkpoint.load_weights(model, state["model"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            stopper.load_state_dict(state["early_stopping"])
+            st = LoopState(**state["loop"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"the checkpoint's training state does not fit its config ({e}); "
+                                             "it is damaged or was edited") from None
     forward = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -334,7 +338,7 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
         if stop is None and out_of_time:  # this rank's clock, or (under torchrun) another rank's
             stop = time_stop or EarlyStopping.check_time(step, t.time_budget_s, t.time_budget_s)
         if stop is None and interrupted:
-            stop = Stop("interrupted", f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
+            stop = Stop(StopReason.INTERRUPTED, f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
                         "resume with `tracked-train resume`.", step)
         if stop is None and step >= t.max_steps:
             stop = completed(step, t.max_steps)
@@ -342,9 +346,9 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
             interrupts.status_requested = False
             log.info(progress.status_line())
 
-        if stop is not None and stop.reason != "diverged" and p.st.last_eval_step != step:
+        if stop is not None and stop.reason != StopReason.DIVERGED and p.st.last_eval_step != step:
             _evaluate_and_save_best(p, progress)  # "and at the end": every run ends evaluated
-        if stop is not None and stop.reason == "diverged":
+        if stop is not None and stop.reason == StopReason.DIVERGED:
             log.warning("not overwriting checkpoints/last with diverged weights; it holds step %s",
                         _last_step(p.run_dir))
         elif stop is not None or step % t.checkpoint_every == 0:

@@ -37,11 +37,24 @@ log = logging.getLogger("tracked_train")
 
 @dataclass(frozen=True)
 class RunInfo:
+    """What a tracker is told at start.
+
+    - a new run: ``continuing`` False, ``start_step`` 0;
+    - an exact resume (same config, from ``last``, or a folder with no checkpoint
+      yet): ``continuing``; the steps after ``start_step`` are recomputed with the
+      values already logged, so a backend skips the ones it holds;
+    - an inexact resume (``--from best``, a changed config): ``continuing`` and
+      ``rewind``; the steps after ``start_step`` get new values, so a backend must
+      drop what it holds after ``start_step`` or continue in a new run.
+    """
+
     name: str
     run_dir: Path
     config: Config
     start_step: int = 0  # > 0 when resuming: the checkpoint's step
     resume_state: dict | None = None  # this tracker's state() from the checkpoint
+    continuing: bool = False
+    rewind: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ class Outcome:
     def tags(self) -> dict[str, str]:
         """The end-of-run tags every backend records under the same names."""
         return {
-            "stop_reason": self.stop.reason, "stop_detail": self.stop.detail, "stop_step": str(self.stop.step),
+            "stop_reason": self.stop.reason.value, "stop_detail": self.stop.detail, "stop_step": str(self.stop.step),
             "best_step": "" if self.best_step is None else str(self.best_step),
             "best_val_loss": "" if self.best_val_loss is None else f"{self.best_val_loss:.6g}",
             "verdict": self.verdict,
@@ -97,7 +110,7 @@ class Tracker(ABC):
 _BUILTIN: dict[str, str] = {
     "jsonl": "tracked_train.trackers.jsonl:JsonlTracker",
     "null": "tracked_train.trackers.null:NullTracker",
-    "mlflow": "tracked_train.trackers.mlflow_tracker:MlflowTracker",
+    "mlflow": "tracked_train.mlflow.tracker:MlflowTracker",
     "wandb": "tracked_train.trackers.wandb_tracker:WandbTracker",
     "webhook": "tracked_train.trackers.webhook:WebhookTracker",
 }
@@ -141,7 +154,8 @@ class Trackers:
     """Fans every call out to each tracker; the only tracking object the loop sees.
 
     A tracker that fails while logging is reported once and the others go on:
-    losing one backend must not cost the run. ``start`` failures propagate.
+    losing one backend must not cost the run (its failure is in the log and in
+    the end summary). ``start`` failures propagate.
     """
 
     def __init__(self, trackers: list[Tracker]):
@@ -172,7 +186,7 @@ class Trackers:
         for t in self.trackers:
             state = (run.resume_state or {}).get(t.name)
             try:
-                t.start(RunInfo(run.name, run.run_dir, run.config, run.start_step, state))
+                t.start(RunInfo(run.name, run.run_dir, run.config, run.start_step, state, run.continuing, run.rewind))
             except BaseException:
                 for s in started:  # leave no run half-open on a server
                     s.abort()

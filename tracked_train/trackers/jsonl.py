@@ -31,11 +31,13 @@ def _clean(value: Any) -> Any:
 def read(path: Path) -> list[dict]:
     """All complete records of a metrics.jsonl (a torn last line is skipped)."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_bytes().decode("utf-8", "replace").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            continue  # torn by a kill, or damaged: the lines around it still count
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            out.append(record)
     return out
 
 
@@ -68,12 +70,16 @@ class JsonlTracker(Tracker):
 
     def start(self, run: RunInfo) -> None:
         path = run.run_dir / FILENAME
-        if run.start_step:
+        resuming = run.continuing or run.start_step > 0
+        if resuming:  # the resumed run recomputes every step after its checkpoint
             truncate_after(path, run.start_step)
         self._f = open(path, "a")
         self._last_step = run.start_step
-        event = "resume" if run.start_step else "start"
-        self._write({"event": event, "step": run.start_step, "time": time.time(), "run_name": run.name})
+        event = {"event": "resume" if resuming else "start", "step": run.start_step, "time": time.time(),
+                 "run_name": run.name}
+        if run.rewind:
+            event["rewind"] = True  # the steps after this one were logged before with other values
+        self._write(event)
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._write({"event": "params", "step": self._last_step, "params": params})

@@ -2,11 +2,19 @@
 
 The training thread appends each event as one JSON line to ``spool.jsonl`` in
 the run folder (a write and a flush, microseconds) and returns. A sender
-thread reads what is not yet acknowledged, hands it to the backend in batches,
-and records the acknowledged byte offset in ``state.json``. When the server is
-down the events simply wait in the file (memory stays bounded), and are sent
-in order when it answers again, at finish, or by ``tracked-train sync`` after
-the process is gone. A kill -9 loses nothing that was appended.
+thread reads what is not yet acknowledged, hands it to the backend's sink, and
+the sink acknowledges the byte offset after each group the server accepted
+(``state.json``). When the server is down the events wait in the file (memory
+stays bounded) and are sent in order when it answers again, at finish, or by
+``tracked-train sync`` after the process is gone. A kill -9 loses nothing
+that was appended.
+
+Nothing leaves the spool unsent without a record of it:
+
+- an event the server refuses for good goes to ``rejected.jsonl`` with the reason;
+- a line that cannot be read back (a damaged file) goes to ``quarantine.jsonl``;
+- when the backend will take nothing now (the run is gone from the server, no
+  permission), the sink raises :class:`Blocked`: everything stays pending.
 
 Resending after a lost acknowledgement must be harmless, so backends send
 events idempotently (a metric point carries its own timestamp).
@@ -19,13 +27,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import describe
+
 log = logging.getLogger("tracked_train")
 
-SPOOL, STATE = "spool.jsonl", "state.json"
+SPOOL, STATE, REJECTED, QUARANTINE = "spool.jsonl", "state.json", "rejected.jsonl", "quarantine.jsonl"
+
+
+class Blocked(Exception):
+    """The backend will not take anything now (its run is gone, no permission): keep everything pending."""
+
+
+class BadEvent(Exception):
+    """An event the sink cannot even interpret (an unknown kind, missing fields): quarantine it."""
 
 
 class Spool:
@@ -34,10 +52,26 @@ class Spool:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / SPOOL
         self.state: dict[str, Any] = {"acked": 0}
-        if (self.folder / STATE).exists():
-            self.state.update(json.loads((self.folder / STATE).read_text()))
+        state_file = self.folder / STATE
+        if state_file.exists():
+            try:
+                self.state.update(json.loads(state_file.read_text()))
+            except (ValueError, OSError) as e:
+                # Without the offset every event would be sent again: harmless (sends are idempotent).
+                log.warning("%s is damaged (%s); resending the spool from its start", state_file, describe(e))
+                os.replace(state_file, state_file.with_suffix(".json.damaged"))
+        self._terminate_torn_line()
         self._f = open(self.path, "a")
         self._lock = threading.Lock()
+
+    def _terminate_torn_line(self) -> None:
+        """A line cut by a kill or a full disk would swallow the next event appended: end it first."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
     def append(self, event: dict[str, Any]) -> None:
         line = json.dumps(event) + "\n"
@@ -51,55 +85,101 @@ class Spool:
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.folder / STATE)
 
-    def pending(self, limit: int = 5000) -> list[tuple[int, dict[str, Any]]]:
-        """Up to ``limit`` unacknowledged events as (byte offset after the event, event)."""
-        out = []
+    def ack(self, offset: int) -> None:
+        """Everything before byte ``offset`` is delivered (or set aside with a record)."""
+        if offset > self.state["acked"]:
+            self.save_state(acked=offset)
+
+    def pending(self, limit: int | None = 5000) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``limit`` unacknowledged events as (byte offset after the event, event).
+
+        Lines that are not a JSON object are quarantined on the way (and acknowledged
+        if nothing readable precedes them), so they never block what follows.
+        """
+        out: list[tuple[int, dict[str, Any]]] = []
         with open(self.path, "rb") as f:
             f.seek(self.state["acked"])
             offset = self.state["acked"]
             for raw in f:
                 if not raw.endswith(b"\n"):
-                    break  # a line still being written, or torn by a kill
+                    break  # a line still being written
                 offset += len(raw)
                 try:
-                    out.append((offset, json.loads(raw)))
-                except json.JSONDecodeError:
+                    event = json.loads(raw)
+                    if not isinstance(event, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    self.quarantine(raw.decode("utf-8", "replace").rstrip("\n"), describe(e))
+                    if not out:
+                        self.ack(offset)
                     continue
-                if len(out) >= limit:
+                out.append((offset, event))
+                if limit is not None and len(out) >= limit:
                     break
         return out
+
+    def quarantine(self, raw: str, reason: str) -> None:
+        log.warning("%s: an unreadable line was set aside in %s (%s)", self.path, QUARANTINE, reason)
+        self._record(QUARANTINE, {"line": raw, "reason": reason})
+
+    def reject(self, event: dict[str, Any], reason: str) -> None:
+        """The server refused ``event`` for good: keep it, with the reason, for a person to look at."""
+        self._record(REJECTED, {"event": event, "reason": reason})
+
+    def _record(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.folder / name, "a") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def count(self, name: str) -> int:
+        """Lines in ``rejected.jsonl`` or ``quarantine.jsonl``."""
+        try:
+            with open(self.folder / name, "rb") as f:
+                return sum(1 for _ in f)
+        except FileNotFoundError:
+            return 0
 
     def unsent(self) -> int:
         return self.path.stat().st_size - self.state["acked"]
 
-    def events(self):
-        """Every complete event in the spool, sent or not (for the end-of-run figure)."""
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Every readable event in the spool, sent or not (for the end-of-run figure)."""
         with open(self.path, "rb") as f:
             for raw in f:
                 if raw.endswith(b"\n"):
                     try:
-                        yield json.loads(raw)
-                    except json.JSONDecodeError:
+                        event = json.loads(raw)
+                    except ValueError:
                         continue
+                    if isinstance(event, dict):
+                        yield event
 
     def close(self) -> None:
         with self._lock:
             self._f.close()
 
 
-class Sender:
-    """Drains a spool through ``send(events) -> None`` on a daemon thread.
+Sink = Callable[[list[tuple[int, dict[str, Any]]]], None]
 
-    ``send`` raises when the backend is unreachable; the events stay pending
-    and are retried with backoff (1 s doubling to 10 s).
+
+class Sender:
+    """Drains a spool through ``sink(batch)`` on a daemon thread.
+
+    The sink sends a batch of (offset, event) in order and acknowledges as it
+    goes (``spool.ack``). Anything it raises keeps the rest pending: retried with
+    backoff (1 s doubling to 10 s; 30 s while :class:`Blocked`). The thread never
+    dies of an exception: a sender that stopped would leave events unsent silently.
     """
 
-    def __init__(self, spool: Spool, send: Callable[[list[dict[str, Any]]], None], name: str,
-                 interval_s: float = 1.0):
-        self.spool, self.send, self.name, self.interval_s = spool, send, name, interval_s
+    def __init__(self, spool: Spool, sink: Sink, name: str, interval_s: float = 1.0):
+        self.spool, self.sink, self.name, self.interval_s = spool, sink, name, interval_s
         self.connected = True
+        self.blocked: str | None = None  # why the backend takes nothing now
         self._wake, self._stop = threading.Event(), threading.Event()
         self._deadline = float("inf")
+        self._discard: list[Path] = []
+        self._discard_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"{name}-sender", daemon=True)
 
     def start(self) -> None:
@@ -108,31 +188,50 @@ class Sender:
     def wake(self) -> None:
         self._wake.set()
 
+    def discard(self, path: Path) -> None:
+        """Remove an upload snapshot a newer one superseded (done on this thread, between batches)."""
+        with self._discard_lock:
+            self._discard.append(path)
+
+    def _remove_discarded(self) -> None:
+        from .snapshot import remove
+
+        with self._discard_lock:
+            paths, self._discard = self._discard, []
+        for p in paths:
+            remove(p)
+
     def flush_once(self) -> bool:
         """Send everything pending now; True when the spool is fully acknowledged."""
         while True:
+            self._remove_discarded()
             batch = self.spool.pending()
             if not batch:
                 return True
-            self.send([e for _, e in batch])
-            self.spool.save_state(acked=batch[-1][0])
+            self.sink(batch)
+            if self.spool.state["acked"] < batch[-1][0]:
+                raise RuntimeError("the sink returned without acknowledging its batch")  # a bug: do not loop
 
     def _run(self) -> None:
         backoff = 0.0
         while True:
             self._wake.wait(backoff or self.interval_s)
             self._wake.clear()
+            done = False
             try:
                 done = self.flush_once()
-                if not self.connected:
+                if not self.connected or self.blocked:
                     log.info("%s: server reachable again; spooled events sent", self.name)
-                self.connected, backoff = True, 0.0
+                self.connected, self.blocked, backoff = True, None, 0.0
+            except Blocked as e:
+                if self.blocked != str(e):
+                    log.error("%s: %s; nothing more is sent, everything stays in %s", self.name, e, self.spool.path)
+                self.blocked, backoff = str(e), 30.0
             except Exception as e:  # noqa: BLE001 - any failure: keep the events, retry later
                 if self.connected:
                     log.warning("%s: server unreachable (%s); training continues, events are spooled to %s "
-                                "and sent when it answers", self.name, str(e).splitlines()[0][:200],
-                                self.spool.path)
-                self.connected, backoff, done = False, min(10.0, max(1.0, backoff * 2)), False
+                                "and sent when it answers", self.name, describe(e, 200), self.spool.path)
+                self.connected, backoff = False, min(10.0, max(1.0, backoff * 2))
             if self._stop.is_set() and (done or time.monotonic() >= self._deadline):
                 return
             if self._stop.is_set():

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, describe
 from ..redact import redact
 from .base import Outcome, RunInfo, Tracker
 from .snapshot import remove, snapshot
@@ -92,10 +92,10 @@ class WandbTracker(Tracker):
                 entity=prev.get("entity") or tc.wandb_entity or None,  # None: wandb reads WANDB_ENTITY
                 group=tc.wandb_group, tags=list(tc.wandb_tags) or None, job_type="train",
                 name=run.name, config=run.config.to_dict(), dir=str(self._folder), settings=settings,
-                id=prev.get("run_id"), resume="allow" if prev.get("run_id") else None,
+                **self._continuation(run, prev.get("run_id")),
             )
         except Exception as e:  # noqa: BLE001 - network, server or auth trouble: bad input, exit 2
-            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            why = describe(e, 200)
             raise UserError(f"W&B could not start the run ({why}); check the network and WANDB_API_KEY, "
                             "or set WANDB_MODE=offline to record locally and `wandb sync` later") from None
         r = self._run
@@ -105,7 +105,11 @@ class WandbTracker(Tracker):
         r.define_metric("train/tokens_seen", step_metric="step", summary="max")  # an x-axis for any metric
         r.define_metric("val/loss", step_metric="step", summary="min")
         # A resumed run: the checkpoint knows what it logged, the server may know more (a kill -9).
-        self._last_step = self._skip_through = max(int(prev.get("last_step") or 0), r.starting_step - 1, 0)
+        # A rewound one holds nothing after its start step.
+        if run.rewind:
+            self._last_step = self._skip_through = run.start_step
+        else:
+            self._last_step = self._skip_through = max(int(prev.get("last_step") or 0), r.starting_step - 1, 0)
         self._uploader = _Uploader(r, artifact_name(run.name), offline)
         self._pump = _MetricPump(r)
         if offline:  # `wandb sync` of the folder uploads every segment of a resumed run, in order
@@ -115,12 +119,26 @@ class WandbTracker(Tracker):
             log.info("wandb: run %s (%s)", r.id, r.url)
 
     @staticmethod
+    def _continuation(run: RunInfo, run_id: str | None) -> dict[str, Any]:
+        """``wandb.init`` arguments: a new run, the same run resumed, or rewound to the resume step.
+
+        An inexact resume recomputes the steps after its checkpoint with other
+        values: W&B's rewind drops the ones it holds after that step.
+        """
+        if not (run.continuing and run_id):
+            return {}
+        if run.rewind:
+            log.info("wandb: rewinding run %s to step %d (the steps after it are recomputed)", run_id, run.start_step)
+            return {"resume_from": f"{run_id}?_step={run.start_step}"}
+        return {"id": run_id, "resume": "allow"}
+
+    @staticmethod
     def _check_credentials(wandb: Any) -> None:
         """Fail in a second, not after W&B's prompt or its 90 s of retries, when no key is configured."""
         try:
             ok = wandb.login(prompt=False, verify=False)  # WANDB_API_KEY, ~/.netrc, or a settings file
         except Exception as e:  # noqa: BLE001 - e.g. a malformed key
-            ok, why = False, str(e).strip().splitlines()[0][:200]
+            ok, why = False, describe(e, 200)
         else:
             why = "no API key configured"
         if not ok:
@@ -169,6 +187,8 @@ class WandbTracker(Tracker):
 
     def _close(self, exit_code: int) -> None:
         self._pump.close()
+        if self._pump.lost:
+            log.error("wandb: %d rows could not be logged (see the first error above)", self._pump.lost)
         self._uploader.close()
         self._run.finish(exit_code=exit_code)  # waits for W&B's service to write (and upload) everything
         if not self._offline:  # uploaded: the snapshots were needed until now; offline, `wandb sync` reads them
@@ -194,10 +214,13 @@ class _MetricPump:
         self.run = run
         self.queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._warned = False
+        self.lost = 0
         self._thread = threading.Thread(target=self._loop, name="wandb-metrics", daemon=True)
         self._thread.start()
 
     def put(self, item: tuple[dict[str, Any], int]) -> None:
+        if not self._thread.is_alive():  # cannot happen (the loop catches everything); never block training on it
+            raise RuntimeError("the W&B logging thread is not running")
         self.queue.put(item)
 
     def close(self) -> None:
@@ -211,9 +234,11 @@ class _MetricPump:
             try:
                 self.run.log(row, step=step)
             except Exception as e:  # noqa: BLE001 - a lost row is reported, the run goes on
+                self.lost += 1
                 if not self._warned:
                     self._warned = True
-                    log.warning("wandb: could not log step %d: %s", step, str(e).splitlines()[0][:200])
+                    log.warning("wandb: could not log step %d: %s (further failures are counted at the end)",
+                                step, describe(e, 200))
 
 
 class _Uploader:
@@ -274,4 +299,4 @@ class _Uploader:
         except Exception as e:  # noqa: BLE001 - a lost upload must not cost the run
             if not self._warned:
                 self._warned = True
-                log.warning("wandb: could not log the %s checkpoint: %s", kind, str(e).splitlines()[0][:200])
+                log.warning("wandb: could not log the %s checkpoint: %s", kind, describe(e, 200))

@@ -1,0 +1,274 @@
+"""Spooled events -> an MLflow server: runs on the sender thread, or in ``tracked-train sync``.
+
+What happens to an event the server does not take depends on why:
+
+- transient (no connection, a timeout, HTTP 5xx or 429): raised, so the
+  event and everything after it stay pending and are retried;
+- the run (or its experiment) is missing or deleted on that server, or the
+  server refuses us as a user: :class:`Blocked`, nothing more is sent and
+  everything stays pending (a wrong server, or one restored later);
+- the server refuses this one event for good (an invalid name, a changed
+  param): it goes to ``rejected.jsonl`` with the reason, and the rest goes on.
+
+Acknowledgements follow delivery: each group of events is acknowledged only
+after the server accepted it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import describe
+from ..redact import strip_userinfo
+from ..trackers.snapshot import remove
+from ..trackers.spool import BadEvent, Blocked, Spool
+from .client import check_reachable, connect, http_status, is_transient
+
+log = logging.getLogger("tracked_train")
+
+# Fields each event kind must carry; a line without them is quarantined, not retried forever.
+FIELDS = {"metrics": ("step", "t", "m"), "params": ("p",), "tags": ("tags",), "artifact": ("src", "dst"),
+          "model": ("src",), "figure": (), "create": ("t", "tags"), "delete": (), "end": ("status", "t")}
+BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
+
+
+def check_event(e: dict[str, Any]) -> None:
+    kind = e.get("k")
+    if kind not in FIELDS:
+        raise BadEvent(f"unknown event kind {kind!r}")
+    missing = [f for f in FIELDS[kind] if f not in e]
+    if missing:
+        raise BadEvent(f"{kind} event without {', '.join(missing)}")
+    if kind == "metrics" and not (isinstance(e["m"], dict) and isinstance(e["step"], int)):
+        raise BadEvent("metrics event with a malformed step or values")
+
+
+class MlflowSink:
+    def __init__(self, uri: str, run_dir: Path, spool: Spool, experiment: str | None = None):
+        self.uri, self.run_dir, self.spool = uri, Path(run_dir), spool
+        self.experiment = experiment or spool.state.get("experiment") or "tracked-train"
+        self.client: Any = None
+
+    @property
+    def where(self) -> str:
+        return strip_userinfo(self.uri)
+
+    def connect(self) -> Any:
+        if self.client is None:
+            check_reachable(self.uri)
+            self.client = connect(self.uri)
+        return self.client
+
+    @property
+    def run_id(self) -> str | None:
+        return self.spool.state.get("run_id")
+
+    # -- a batch --------------------------------------------------------------------------------
+    def __call__(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+        self.connect()
+        group: list[tuple[int, dict[str, Any]]] = []  # consecutive metrics/params/tags: one log_batch
+        size = dict.fromkeys(BATCH_LIMITS, 0)
+        for offset, e in batch:
+            try:
+                check_event(e)
+            except BadEvent as why:
+                self._send_group(group)
+                group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
+                self.spool.quarantine(_line(e), str(why))
+                self.spool.ack(offset)
+                continue
+            kind = e["k"]
+            if kind in BATCH_LIMITS:
+                n = len(e[FIELDS[kind][-1]])
+                if size[kind] + n > BATCH_LIMITS[kind]:
+                    self._send_group(group)
+                    group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
+                group.append((offset, e))
+                size[kind] += n
+                continue
+            self._send_group(group)
+            group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
+            self._deliver(kind, lambda e=e: getattr(self, f"_do_{e['k']}")(e), [e])
+            if "src" in e:
+                remove(self.run_dir / e["src"])
+            self.spool.ack(offset)
+        self._send_group(group)
+
+    def _send_group(self, group: list[tuple[int, dict[str, Any]]]) -> None:
+        if not group:
+            return
+        events = [e for _, e in group]
+        if self._deliver("log_batch", lambda: self._log_batch(events), events, reject=False):
+            self.spool.ack(group[-1][0])
+            return
+        # Refused as a whole: find the events the server refuses, deliver the others.
+        for offset, e in group:
+            self._deliver("log_batch", lambda e=e: self._log_batch([e]), [e])
+            self.spool.ack(offset)
+
+    def _deliver(self, what: str, op: Callable[[], None], events: list[dict[str, Any]], reject: bool = True) -> bool:
+        """Run ``op``: True when the server took it; a refusal of these events is rejected (or returned False)."""
+        try:
+            op()
+            return True
+        except (Blocked, BadEvent):
+            raise
+        except Exception as e:  # noqa: BLE001 - sorted below: retry, stop sending, or set aside
+            if is_transient(e) or self._run_missing() or http_status(e) in (401, 403):
+                if http_status(e) in (401, 403):
+                    raise Blocked(f"MLflow at {self.where} refuses us ({describe(e)}); check "
+                                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD") from None
+                raise
+            if not reject:
+                return False
+            why = describe(e, 500)
+            log.error("mlflow: the server refused %s; kept in %s: %s", what, self.spool.folder / "rejected.jsonl",
+                      why)
+            for ev in events:
+                self.spool.reject(ev, why)
+            return False
+
+    def _run_missing(self) -> bool:
+        """Raise :class:`Blocked` when the run or its experiment is gone from this server; else False."""
+        from mlflow.exceptions import MlflowException
+
+        if not self.run_id:
+            return False
+        try:
+            info = self.client.get_run(self.run_id).info
+        except MlflowException as e:
+            if is_transient(e):
+                raise
+            raise Blocked(f"run {self.run_id} does not exist at {self.where} (a different server, or its "
+                          "database was reset); set MLFLOW_TRACKING_URI to the server that holds it and run "
+                          f"`tracked-train sync {self.run_dir}`") from None
+        if info.lifecycle_stage == "deleted":
+            raise Blocked(f"run {self.run_id} is deleted at {self.where}; restore it (`mlflow runs restore "
+                          f"--run-id {self.run_id}` or its experiment) and run `tracked-train sync {self.run_dir}`")
+        return False
+
+    # -- event kinds ----------------------------------------------------------------------------------
+    def _log_batch(self, events: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics, params, tags = [], [], []
+        for e in events:
+            if e["k"] == "metrics":
+                metrics += [Metric(k, float(v), e["t"], e["step"]) for k, v in e["m"].items()]
+            elif e["k"] == "params":
+                params += [Param(k, str(v)) for k, v in e["p"].items()]
+            else:
+                tags += [RunTag(k, str(v)) for k, v in e["tags"].items()]
+        self._require_run()
+        self.client.log_batch(self.run_id, metrics, params, tags)
+
+    def _require_run(self) -> None:
+        if not self.run_id:
+            raise Blocked("the spool has no MLflow run to send to (its create event is missing); "
+                          "resume the run to create one")
+
+    def _do_create(self, e: dict[str, Any]) -> None:
+        if self.run_id:
+            return
+        exp_id = self._experiment_id(e.get("experiment_name") or self.experiment)
+        run = self.client.create_run(exp_id, start_time=e["t"], tags=e["tags"],
+                                     run_name=e["tags"].get("mlflow.runName"))
+        self.spool.save_state(run_id=run.info.run_id, experiment_id=exp_id)
+        log.info("mlflow: created run %s at %s", run.info.run_id, self.where)
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return self.client.create_experiment(name)
+        if exp.lifecycle_stage == "deleted":
+            raise Blocked(f"MLflow experiment '{name}' is deleted at {self.where}; restore it (`mlflow experiments "
+                          f"restore --experiment-id {exp.experiment_id}`) and run `tracked-train sync {self.run_dir}`")
+        return exp.experiment_id
+
+    def _do_artifact(self, e: dict[str, Any]) -> None:
+        self._require_run()
+        src = self.run_dir / e["src"]
+        if not src.exists():
+            log.debug("mlflow: %s was superseded by a newer upload of %s", e["src"], e["dst"])
+            return
+        if src.is_dir():
+            # Files first, manifest last: a half-finished upload never looks complete.
+            for f in sorted(src.iterdir(), key=lambda p: p.name == "manifest.json"):
+                self.client.log_artifact(self.run_id, str(f), e["dst"])
+            return
+        dst_dir, name = os.path.split(e["dst"])
+        if name != src.name:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy2(src, Path(tmp) / name)
+                self.client.log_artifact(self.run_id, str(Path(tmp) / name), dst_dir or None)
+        else:
+            self.client.log_artifact(self.run_id, str(src), dst_dir or None)
+
+    def _do_model(self, e: dict[str, Any]) -> None:
+        import mlflow.pytorch
+
+        from ..sources import load_model
+
+        self._require_run()
+        if not (self.run_dir / e["src"]).exists():
+            return
+        model, tok = load_model(self.run_dir / e["src"])
+        with tempfile.TemporaryDirectory() as tmp:
+            tok_file = Path(tmp) / "tokenizer.model"
+            tok_file.write_bytes(tok.model_bytes)
+            mlflow.pytorch.save_model(model, str(Path(tmp) / "model"), extra_files=[str(tok_file)],
+                                      serialization_format="pickle",
+                                      pip_requirements=[f"torch=={_torch_version()}", "sentencepiece",
+                                                        "tracked-train"])
+            self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model")
+
+    def _do_figure(self, e: dict[str, Any]) -> None:
+        import matplotlib.pyplot as plt
+
+        from ..plots import loss_figure
+
+        self._require_run()
+        records = [{"step": ev["step"], **ev["m"]} for ev in self.spool.events()
+                   if ev.get("k") == "metrics" and isinstance(ev.get("m"), dict)]
+        fig = loss_figure(records, e.get("title", ""))
+        try:
+            self.client.log_figure(self.run_id, fig, "loss_curve.png")
+        finally:
+            plt.close(fig)
+
+    def _do_delete(self, e: dict[str, Any]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if not self.run_id:
+            return  # never created: nothing to delete
+        try:
+            self.client.delete_run(self.run_id)
+        except MlflowException as ex:
+            if is_transient(ex):
+                raise
+            log.info("mlflow: run %s was already gone (%s)", self.run_id, describe(ex))
+
+    def _do_end(self, e: dict[str, Any]) -> None:
+        self._require_run()
+        self.client.set_terminated(self.run_id, e["status"], end_time=e["t"])
+
+
+def _line(e: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(e)
+    except (TypeError, ValueError):
+        return repr(e)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]

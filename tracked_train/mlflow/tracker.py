@@ -1,0 +1,356 @@
+"""The MLflow tracker: a real tracking server or the embedded sqlite store.
+
+Where: ``tracking.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working folder. The run is created (or, on
+resume, reopened) synchronously in :meth:`MlflowTracker.start`, so a wrong URI
+fails before training with exit code 2. Everything after that goes through a
+:class:`~tracked_train.trackers.spool.Spool` in ``<run>/mlflow/``: the training
+thread only appends, a sender thread hands batches to :class:`.sink.MlflowSink`,
+and a server outage costs nothing but a later replay.
+
+One run folder, one MLflow run: the run id lives in ``mlflow/state.json``, so
+a run whose server was down at start (created later by the sender) is resumed
+into that same run. Only an inexact resume (``--from best``, a changed config)
+starts a new MLflow run: MLflow cannot delete the points the recomputed steps
+would contradict. The old run's unsent events are kept in
+``mlflow/previous/<run id>/`` for ``sync``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, describe
+from ..redact import redact, strip_userinfo
+from ..trackers.base import Outcome, RunInfo, Tracker
+from ..trackers.snapshot import snapshot
+from ..trackers.spool import QUARANTINE, REJECTED, SPOOL, STATE, Blocked, Sender, Spool
+from .client import DEFAULT_URI, tracking_uri
+from .sink import MlflowSink
+
+log = logging.getLogger("tracked_train")
+
+PARAM_MAX = 6000  # MLflow's limit on a param value
+FOLDER, PREVIOUS = "mlflow", "previous"
+
+
+def system_tags(run_name: str, run_dir: Path) -> dict[str, str]:
+    """MLflow's own system tags, as `mlflow run`/autologging would set them, plus versions."""
+    import mlflow
+    import torch
+
+    from .. import __version__
+
+    tags = {
+        "mlflow.runName": run_name,
+        "mlflow.source.name": "tracked-train",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+        "tracked_train.version": __version__,
+        "tracked_train.run_dir": str(run_dir.resolve()),
+        "torch.version": torch.__version__,
+        "mlflow.version": mlflow.__version__,
+        "python.version": platform.python_version(),
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MlflowTracker(Tracker):
+    name = "mlflow"
+
+    def __init__(self) -> None:
+        self.spool: Spool | None = None
+        self.sender: Sender | None = None
+        self.run_id: str | None = None
+        self._last_step = 0
+        self._skip_until: dict[str, int] = {}  # per metric: steps already spooled before a resume
+        self._seq = 0
+        self._continuing = False
+        self._status_before: str | None = None  # a reopened run's status, restored if this attempt never trains
+        self._uploads: dict[str, Path] = {}  # artifact path -> its newest snapshot not yet known sent
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self, run: RunInfo) -> None:
+        # We save the flavor with pickle on purpose (pt2 needs an input example); say so once, in the docs.
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        tc = run.config.tracking
+        uri = tracking_uri(tc.mlflow_uri)
+        self.run_dir, self.run_name = run.run_dir, run.name
+        folder = run.run_dir / FOLDER
+        state = run.resume_state or {}
+        previous = None
+        if run.continuing and run.rewind:
+            # MLflow cannot delete the points the recomputed steps contradict: continue in a new run.
+            previous = state.get("run_id") or _spool_run_id(folder)
+        continuing = run.continuing and not run.rewind
+        if not continuing and (folder / SPOOL).exists():
+            _archive(folder)  # the old run's unsent events stay for `sync`
+        self.spool = Spool(folder)
+        tags = system_tags(run.name, run.run_dir)
+        if previous:
+            tags["resumed_from"] = previous
+        if continuing:
+            self.run_id = state.get("run_id") or self.spool.state.get("run_id")
+            # Created late or never: its create event is still in the spool, and stays the only one.
+            awaiting_create = not self.run_id and any(e.get("k") == "create" for e in self.spool.events())
+            self._continuing = bool(self.run_id) or awaiting_create
+        if self._continuing:
+            self._skip_until = self._spooled_steps()
+            self._prune_uploads()
+        self.spool.save_state(tracking_uri=strip_userinfo(uri), experiment=tc.experiment, run_id=self.run_id)
+        sink = MlflowSink(uri, run.run_dir, self.spool, tc.experiment)
+        try:
+            client = sink.connect()
+            if self.run_id:
+                self._reopen(client, run.start_step)
+            elif not self._continuing:
+                exp_id = sink._experiment_id(tc.experiment)
+                created = client.create_run(exp_id, run_name=run.name, tags=tags)
+                self.run_id = created.info.run_id
+                self.spool.save_state(run_id=self.run_id, experiment_id=exp_id)
+                if previous:
+                    log.warning("mlflow: steps after %d were logged to run %s with other values, and MLflow cannot "
+                                "delete them: continuing in new run %s (tag resumed_from=%s)", run.start_step,
+                                previous, self.run_id, previous)
+        except UserError:
+            raise
+        except Blocked as e:
+            raise UserError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - unreachable server, refused connection, bad store
+            if tc.required:
+                raise UserError(
+                    f"MLflow tracking server {strip_userinfo(uri)} is not reachable ({describe(e, 200)}); start it "
+                    "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.mlflow_uri / "
+                    "MLFLOW_TRACKING_URI, or set tracking.required=false to train now and sync later"
+                ) from None
+            log.warning("MLflow at %s is not reachable (%s); training anyway, events are spooled to %s",
+                        strip_userinfo(uri), describe(e, 200), self.spool.path)
+            if not self._continuing:
+                self.spool.append({"k": "create", "t": _now_ms(), "experiment_name": tc.experiment, "tags": tags})
+            elif self.run_id:
+                self.spool.append({"k": "tags", "tags": {"resumed_at_step": str(run.start_step)}})
+        else:
+            log.info("mlflow: run %s in experiment '%s' at %s", self.run_id or "(created when the server answers)",
+                     tc.experiment, strip_userinfo(uri))
+            _drain_previous(folder, uri, run.run_dir)
+        # Each request costs the server ~50 ms of CPU whatever its size: send in batches a few seconds apart.
+        interval = float(os.environ.get("TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S", "1"))
+        self.sender = Sender(self.spool, sink, "mlflow", interval_s=interval)
+        self.sender.start()
+
+    def _reopen(self, client: Any, start_step: int) -> None:
+        """Continue the same run: repair a RUNNING left by a kill -9, skip steps the server already has."""
+        from mlflow.exceptions import MlflowException
+
+        from .client import is_transient
+
+        try:
+            info = client.get_run(self.run_id).info
+        except MlflowException as e:
+            if is_transient(e):
+                raise
+            raise UserError(f"MLflow run {self.run_id} does not exist at {strip_userinfo(client.tracking_uri)}; "
+                            "set MLFLOW_TRACKING_URI to the server that holds it, or resume with --fork") from None
+        if info.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow run {self.run_id} is deleted at {strip_userinfo(client.tracking_uri)}; "
+                            f"restore it (`mlflow runs restore --run-id {self.run_id}`) or resume with --fork")
+        self._status_before = "KILLED" if info.status == "RUNNING" else info.status
+        if info.status == "RUNNING":
+            log.warning("mlflow: run %s was left RUNNING (its process was killed); marking it KILLED, then "
+                        "resuming it", self.run_id)
+            client.set_terminated(self.run_id, "KILLED")
+        client.update_run(self.run_id, status="RUNNING")
+        client.set_tag(self.run_id, "resumed_at_step", str(start_step))
+        for key, step in self._server_steps(client).items():
+            self._skip_until[key] = max(self._skip_until.get(key, 0), step)
+
+    def _server_steps(self, client: Any) -> dict[str, int]:
+        """Highest step the server holds for each metric (it receives them in order)."""
+        keys = client.get_run(self.run_id).data.metrics
+        return {k: max((m.step for m in client.get_metric_history(self.run_id, k)), default=0) for k in keys}
+
+    def _spooled_steps(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.spool.events():
+            if e.get("k") == "metrics" and isinstance(e.get("m"), dict) and isinstance(e.get("step"), int):
+                for k in e["m"]:
+                    out[k] = max(out.get(k, 0), e["step"])
+        return out
+
+    def _prune_uploads(self) -> None:
+        """Of the uploads an earlier process left pending, keep only the newest snapshot per artifact path."""
+        from ..trackers.snapshot import remove
+
+        for _, e in self.spool.pending(limit=None):
+            if e.get("k") == "artifact" and isinstance(e.get("src"), str):
+                old = self._uploads.get(e.get("dst"))
+                if old is not None:
+                    remove(self.run_dir / old)
+                self._uploads[e.get("dst")] = Path(e["src"])
+
+    # -- logging (training thread: append and return) ---------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        clean = {k: ("" if v is None else str(v))[:PARAM_MAX] for k, v in redact(params).items()}
+        self.spool.append({"k": "params", "p": clean})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._skip_until:
+            metrics = {k: v for k, v in metrics.items() if step > self._skip_until.get(k, 0)}
+            if not metrics:
+                return
+        self._last_step = step
+        self.spool.append({"k": "metrics", "step": step, "t": _now_ms(), "m": metrics})
+
+    def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._seq += 1
+        src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}"
+        snapshot(Path(local_path), self.run_dir / src)
+        self.spool.append({"k": "artifact", "src": str(src), "dst": artifact_path})
+        # During an outage a long run would keep one snapshot per checkpoint: keep the newest per path.
+        old = self._uploads.get(artifact_path)
+        if old is not None:
+            self.sender.discard(self.run_dir / old)
+        self._uploads[artifact_path] = src
+        self.sender.wake()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.spool.append({"k": "tags", "tags": {k: str(v)[:PARAM_MAX] for k, v in tags.items()}})
+
+    # -- end ------------------------------------------------------------------------------------
+    def finish(self, outcome: Outcome) -> None:
+        if self.sender is None:
+            return
+        stop = outcome.stop
+        best = self.run_dir / "checkpoints" / "best"
+        self.spool.append({"k": "figure", "title": self.run_name})
+        if best.exists():
+            self._seq += 1
+            src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-model"
+            snapshot(best, self.run_dir / src)
+            self.spool.append({"k": "model", "src": str(src)})
+        log_file = self.run_dir / "train.log"
+        if log_file.exists():
+            self.log_artifact(log_file, "train.log")
+        self.set_tags({**outcome.tags(), "mlflow.note.content": stop.detail})
+        self.spool.append({"k": "end", "status": stop.reason.status, "t": _now_ms()})
+        self._close()
+
+    def abort(self) -> None:
+        """This attempt never trained: a new run is deleted, a reopened one gets its earlier status back."""
+        if self.sender is None:
+            return
+        if self._continuing:
+            self.spool.append({"k": "end", "status": self._status_before or "KILLED", "t": _now_ms()})
+        else:
+            self.spool.append({"k": "delete"})
+        self._close()
+
+    def _close(self) -> None:
+        self.sender.wake()
+        # An unreachable server gets this long at the end; `tracked-train sync` sends the rest later.
+        done = self.sender.close(timeout_s=float(os.environ.get("TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT", "30")))
+        if not done:
+            log.warning("mlflow: %d bytes of events are not on the server yet; send them with "
+                        "`tracked-train sync %s`", self.spool.unsent(), self.run_dir)
+        _report_set_aside(self.spool)
+        self.spool.close()
+        self.sender = None
+
+    def state(self) -> dict[str, Any]:
+        run_id = self.run_id or (self.spool.state.get("run_id") if self.spool else None)
+        return {"run_id": run_id, "last_step": self._last_step,
+                "tracking_uri": self.spool.state.get("tracking_uri") if self.spool else None}
+
+
+def _report_set_aside(spool: Spool) -> tuple[int, int]:
+    rejected, quarantined = spool.count(REJECTED), spool.count(QUARANTINE)
+    if rejected:
+        log.error("mlflow: %d events were refused by the server; they are in %s", rejected, spool.folder / REJECTED)
+    if quarantined:
+        log.error("mlflow: %d unreadable spool lines were set aside in %s", quarantined, spool.folder / QUARANTINE)
+    return rejected, quarantined
+
+
+def _spool_run_id(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / STATE).read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def _archive(folder: Path) -> Path:
+    """Move a spool (not its uploads, which its events name) to ``previous/<run id>/``."""
+    run_id = _spool_run_id(folder)
+    dest = folder / PREVIOUS / (run_id or f"uncreated-{time.strftime('%Y%m%d-%H%M%S')}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (SPOOL, STATE, REJECTED, QUARANTINE):
+        if (folder / name).exists():
+            os.replace(folder / name, dest / name)
+    return dest
+
+
+def spool_folders(run_dir: Path) -> list[Path]:
+    """Every MLflow spool of a run folder: earlier runs' (after inexact resumes) first, then the current."""
+    folder = Path(run_dir) / FOLDER
+    previous = sorted(p for p in (folder / PREVIOUS).glob("*") if (p / SPOOL).exists())
+    return previous + ([folder] if (folder / SPOOL).exists() else [])
+
+
+def _drain_previous(folder: Path, uri: str, run_dir: Path) -> None:
+    """Best effort at start: send what earlier runs of this folder left unsent (else `sync` does)."""
+    for prev in sorted(p for p in (folder / PREVIOUS).glob("*") if (p / SPOOL).exists()):
+        spool = Spool(prev)
+        try:
+            if spool.unsent():
+                Sender(spool, MlflowSink(uri, run_dir, spool), "mlflow").flush_once()
+        except Exception as e:  # noqa: BLE001 - never worth failing a start for
+            log.warning("mlflow: %d bytes for earlier run %s are still unsent (%s); `tracked-train sync %s` "
+                        "sends them", spool.unsent(), spool.state.get("run_id"), describe(e), run_dir)
+        finally:
+            spool.close()
+
+
+def sync(run_dir: Path) -> tuple[bool, int, int, int]:
+    """Send what processes left in ``run_dir``'s MLflow spools.
+
+    Returns (everything sent?, bytes left, events rejected, lines quarantined).
+    The server is ``MLFLOW_TRACKING_URI`` when set, else the one the run used.
+    """
+    folders = spool_folders(run_dir)
+    if not folders:
+        raise UserError(f"{run_dir} has no MLflow spool (mlflow/spool.jsonl); was it run with --tracker mlflow?")
+    done, left, rejected, quarantined = True, 0, 0, 0
+    for folder in folders:
+        spool = Spool(folder)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or spool.state.get("tracking_uri") or DEFAULT_URI
+        try:
+            Sender(spool, MlflowSink(uri, Path(run_dir), spool), "mlflow").flush_once()
+        except Blocked as e:
+            log.error("mlflow: %s", e)
+        except Exception as e:  # noqa: BLE001 - unreachable: report, the events stay pending
+            log.warning("mlflow: sync to %s failed (%s)", strip_userinfo(uri), describe(e, 200))
+        r, q = _report_set_aside(spool)
+        left += spool.unsent()
+        done = done and spool.unsent() == 0
+        rejected, quarantined = rejected + r, quarantined + q
+        spool.close()
+    return done, left, rejected, quarantined
