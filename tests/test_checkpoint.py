@@ -13,7 +13,11 @@ from tracked_train.errors import CheckpointError
 
 
 def state(step=3):
-    return {"format_version": checkpoint.FORMAT_VERSION, "step": step, "w": torch.arange(10.0) * step}
+    from tracked_train import config
+
+    full = dict.fromkeys(checkpoint.REQUIRED_KEYS, {})  # what a run saves; these tests need only its shape
+    full.update(config=config.resolve(None, [], None).to_dict(), model={"w": torch.arange(10.0)})
+    return {**full, "format_version": checkpoint.FORMAT_VERSION, "step": step, "w": torch.arange(10.0) * step}
 
 
 def test_roundtrip_and_replace(tmp_path):
@@ -68,3 +72,15 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="refused"):
         checkpoint.load(folder)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing-keys", "bad-config"])
+def test_a_checkpoint_without_what_a_run_saves_is_refused(tmp_path, damage):
+    s = state(1)
+    if damage == "missing-keys":
+        del s["optimizer"], s["rng"]
+    else:
+        s["config"] = {"model": {"d_model": "wide"}}
+    checkpoint.save(tmp_path / "last", s, {})
+    with pytest.raises(CheckpointError, match="lacks optimizer, rng" if damage == "missing-keys" else "invalid config"):
+        checkpoint.load(tmp_path / "last")

@@ -14,7 +14,7 @@ import torch
 from conftest import cli, metric_lines, sets, wait_until
 
 from tracked_train.errors import CheckpointError
-from tracked_train.sources import _safe_join
+from tracked_train.mlflow.store import _safe_join
 
 SLOW = ("model.d_model=128", "training.max_steps=300", "training.checkpoint_every=20", "training.eval_every=100",
         "model.dropout=0.1", "training.precision=fp32")

@@ -89,9 +89,6 @@ def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) 
             cfg = cfg.replace(**{"tracking.mlflow_uri": origin["uri"]})  # where the run lives now
             if not fork and _finished_on_server(origin["run"], changes, which):
                 return None
-        from .data import check_files
-
-        check_files(cfg.data)
         # A fresh local folder holds the continuation. Its name may come from a server: it is untrusted.
         from .names import sanitise
 
@@ -137,9 +134,6 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
         if _finished_locally(run_dir, changes, which):
             lock.release()
             return None
-        from .data import check_files
-
-        check_files(cfg.data)
         if state is not None and which != "last":
             checkpoint.save_copy(checkpoints / which, checkpoints / "last")
         tracker_state = read_tracker_state(run_dir)

@@ -157,6 +157,7 @@ def _open(a: Attempt):
                                a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
         started = True
         _write_tracker_state(a.run_dir, trackers)
+        check_files(a.cfg.data)  # again: a resume's data may be gone (a bad-input abort repairs a kill -9's RUNNING)
         setup_logging(a.run_dir / "train.log")
         if a.state or a.tracker_state is not None:
             log.info("resuming %s from step %d\n%s", a.run_dir, a.start_step, config_table(a.cfg.flat()))
