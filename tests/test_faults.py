@@ -292,10 +292,10 @@ def test_an_inexact_resume_leaves_mlflow_wandb_and_jsonl_agreeing_at_every_step(
     kill9(proc)
     best = json.loads((run_dir / "checkpoints" / "best" / "manifest.json").read_text())["step"]
     old_run = run_id_of(run_dir)
-    r = cli("resume", str(run_dir), "--from", "best", "--allow-config-change", *sets("training.lr=0.003"),
+    r = cli("resume", str(run_dir), "--from", "best", "--allow-config-change", "--set", "training.lr=0.003",
             cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    assert "continuing in new run" in r.stderr
+    assert "continuing in new run" in r.stderr, r.stderr[:3000]
     jsonl = {k: dict(metric_lines(run_dir, k)) for k in ("train/loss", "train/lr")}
     assert sorted(jsonl["train/loss"]) == list(range(1, 31))
 
@@ -309,8 +309,13 @@ def test_an_inexact_resume_leaves_mlflow_wandb_and_jsonl_agreeing_at_every_step(
         assert {s: v for s, v in old_points.items() if s <= best} == {s: v for s, v in values.items() if s <= best}
 
     recs = wandb_records(run_dir)  # W&B rewound to `best`: steps after it come from the resumed segment
+    branch = [r_["run"]["branch_point"] for r_ in recs if r_["type"] == "run" and r_["run"].get("branch_point")]
+    assert [int(b["value"]) for b in branch] == [best] and branch[0]["metric"] == "_step"
     rows = dict(history(recs, "train/loss"))  # segments in order: the later one replaces the steps after `best`
-    assert rows == jsonl["train/loss"]
+    assert {s for s in rows if s > best} == {s for s in jsonl["train/loss"] if s > best}
+    # W&B's offline writer buffers: a kill -9 may cost it the killed segment's rows (its own limit). What it
+    # holds agrees with metrics.jsonl at every step.
+    assert rows and all(rows[s] == jsonl["train/loss"][s] for s in rows)
 
 
 # -- 5. untrusted names ------------------------------------------------------------------------------------
@@ -334,10 +339,11 @@ def test_a_hostile_run_name_on_the_server_stays_inside_output_dir(mlflow_server,
     run_id = run_id_of(run_dir)
     client.update_run(run_id, name="../../escaped")
     downloads = set(Path(tempfile.gettempdir()).glob("tracked-train-*"))
-    r = cli("resume", f"mlflow:{run_id}", "--set", "run.output_dir=out", cwd=machine2)
+    r = cli("resume", f"mlflow:{run_id}", "--set", "run.output_dir=out", cwd=machine2,
+            env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert r.returncode == 0, r.stderr
     made = [p for p in (machine2 / "out").iterdir() if p.is_dir()]
-    assert len(made) == 1 and ".." not in made[0].name and "/" not in made[0].name
+    assert len(made) == 1 and made[0].name == "escaped"  # the server's name, made a plain folder name
     assert not (tmp_path / "escaped").exists() and not (machine2 / "escaped").exists()
     assert set(Path(tempfile.gettempdir()).glob("tracked-train-*")) == downloads  # the download was removed
 
@@ -384,7 +390,7 @@ def test_a_full_disk_fails_the_run_with_the_reason_and_keeps_the_last_checkpoint
            *sets("model.d_model=128", "training.max_steps=200", "training.checkpoint_every=5",
                  "training.eval_every=1000")]
     resume = [sys.executable, "-m", "tracked_train", "resume", str(disk / "full"),
-              *sets("training.max_steps=12"), "--allow-config-change"]
+              "--set", "training.max_steps=12", "--allow-config-change"]
     # In a private mount namespace: a 6 MiB disk fills up while training; the copies leave it for us to read.
     script = (f"mount -t tmpfs -o size=6m tmpfs {disk} && "
               f"{subprocess.list2cmdline(run)}; echo run=$? > {out}.rc; cp -a {disk}/full {out}-full; "

@@ -57,8 +57,9 @@ def test_the_sender_survives_errors_without_a_message_and_blocked_backends(tmp_p
     sender = Sender(spool, sink, "test", interval_s=0.01)
     sender.start()
     while failures:  # each failure is followed by a retry on the same thread
+        left = len(failures)
         sender.wake()
-        wait_until(lambda n=len(failures): len(failures) < n or not failures, "a retry", 60)
+        wait_until(lambda left=left: len(failures) < left, "a retry", 60)
     assert sender.close(timeout_s=60)
     assert delivered.is_set() and spool.unsent() == 0
 
@@ -68,7 +69,7 @@ def test_uploads_stay_one_per_path_while_the_server_is_down(tmp_path):
     from tracked_train.mlflow.tracker import MlflowTracker
     from tracked_train.trackers import RunInfo
 
-    cfg = config.resolve(None, ["tracking.mlflow_uri=http://127.0.0.1:%d" % free_port(),
+    cfg = config.resolve(None, [f"tracking.mlflow_uri=http://127.0.0.1:{free_port()}",
                                 "tracking.required=false"], None)
     tracker = MlflowTracker()
     tracker.start(RunInfo("r", tmp_path, cfg))

@@ -31,7 +31,7 @@ def problem(name: str) -> str | None:
 
 def sanitise(name: str, fallback: str = "run") -> str:
     """A safe folder name made from an untrusted ``name`` (e.g. a run name stored on a server)."""
-    clean = _UNSAFE.sub("-", name).strip().lstrip("-")
+    clean = _UNSAFE.sub("-", name).strip().lstrip(".-")  # no hidden folder, nothing that reads as an option
     if clean.strip(".") == "":
         clean = ""
     return clean[:MAX_LEN].rstrip() or fallback

@@ -80,7 +80,7 @@ class MlflowSink:
             except BadEvent as why:
                 self._send_group(group)
                 group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
-                self.spool.quarantine(_line(e), str(why))
+                self.spool.quarantine(_line(e), str(why), offset)
                 self.spool.ack(offset)
                 continue
             kind = e["k"]

@@ -238,6 +238,18 @@ class MlflowTracker(Tracker):
         if self.sender is None:
             return
         stop = outcome.stop
+        try:
+            self._final_artifacts()
+            self.set_tags({**outcome.tags(), "mlflow.note.content": stop.detail})
+            self.spool.append({"k": "end", "status": stop.reason.status, "t": _now_ms()})
+        except OSError as e:  # a full disk: the spool cannot take the ending, so say it to the server now
+            log.error("mlflow: cannot write the spool (%s); ending run %s directly", describe(e), self.run_id)
+            self._close(end_directly=(stop.reason.status, {**outcome.tags(), "mlflow.note.content": stop.detail}))
+            return
+        self._close()
+
+    def _final_artifacts(self) -> None:
+        """The loss figure, the best model and train.log."""
         best = self.run_dir / "checkpoints" / "best"
         self.spool.append({"k": "figure", "title": self.run_name})
         if best.exists():
@@ -248,9 +260,6 @@ class MlflowTracker(Tracker):
         log_file = self.run_dir / "train.log"
         if log_file.exists():
             self.log_artifact(log_file, "train.log")
-        self.set_tags({**outcome.tags(), "mlflow.note.content": stop.detail})
-        self.spool.append({"k": "end", "status": stop.reason.status, "t": _now_ms()})
-        self._close()
 
     def abort(self) -> None:
         """This attempt never trained: a new run is deleted, a reopened one gets its earlier status back."""
@@ -262,10 +271,20 @@ class MlflowTracker(Tracker):
             self.spool.append({"k": "delete"})
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, end_directly: tuple[str, dict[str, str]] | None = None) -> None:
         self.sender.wake()
         # An unreachable server gets this long at the end; `tracked-train sync` sends the rest later.
         done = self.sender.close(timeout_s=float(os.environ.get("TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT", "30")))
+        if end_directly is not None and self.run_id:
+            status, tags = end_directly
+            try:
+                client = self.sender.sink.connect()
+                for k, v in tags.items():
+                    client.set_tag(self.run_id, k, str(v)[:PARAM_MAX])
+                client.set_terminated(self.run_id, status)
+            except Exception as e:  # noqa: BLE001 - the next resume repairs a RUNNING run
+                log.error("mlflow: could not end run %s (%s); it stays RUNNING until the run is resumed",
+                          self.run_id, describe(e))
         if not done:
             log.warning("mlflow: %d bytes of events are not on the server yet; send them with "
                         "`tracked-train sync %s`", self.spool.unsent(), self.run_dir)

@@ -61,6 +61,7 @@ class Spool:
                 log.warning("%s is damaged (%s); resending the spool from its start", state_file, describe(e))
                 os.replace(state_file, state_file.with_suffix(".json.damaged"))
         self._terminate_torn_line()
+        self._quarantined = self._quarantined_offsets()
         self._f = open(self.path, "a")
         self._lock = threading.Lock()
 
@@ -109,7 +110,7 @@ class Spool:
                     if not isinstance(event, dict):
                         raise ValueError("not a JSON object")
                 except ValueError as e:
-                    self.quarantine(raw.decode("utf-8", "replace").rstrip("\n"), describe(e))
+                    self.quarantine(raw.decode("utf-8", "replace").rstrip("\n"), describe(e), offset)
                     if not out:
                         self.ack(offset)
                     continue
@@ -118,9 +119,26 @@ class Spool:
                     break
         return out
 
-    def quarantine(self, raw: str, reason: str) -> None:
+    def quarantine(self, raw: str, reason: str, offset: int) -> None:
+        """Set aside the line ending at byte ``offset`` (once: the line stays in the spool until acknowledged)."""
+        if offset in self._quarantined:
+            return
+        self._quarantined.add(offset)
         log.warning("%s: an unreadable line was set aside in %s (%s)", self.path, QUARANTINE, reason)
-        self._record(QUARANTINE, {"line": raw, "reason": reason})
+        self._record(QUARANTINE, {"offset": offset, "line": raw, "reason": reason})
+
+    def _quarantined_offsets(self) -> set[int]:
+        try:
+            lines = (self.folder / QUARANTINE).read_bytes().splitlines()
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for line in lines:
+            try:
+                out.add(int(json.loads(line)["offset"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     def reject(self, event: dict[str, Any], reason: str) -> None:
         """The server refused ``event`` for good: keep it, with the reason, for a person to look at."""
