@@ -409,3 +409,20 @@ def test_a_full_disk_fails_the_run_with_the_reason_and_keeps_the_last_checkpoint
     resumed = Path(f"{out}-resumed")
     assert [x for x in records(resumed) if x.get("event") == "stop"][-1]["reason"] == "completed"
     assert not list((resumed / "checkpoints").glob(".*"))  # no .tmp / .old folders left
+
+
+def test_a_checkpoint_whose_tensors_do_not_fit_its_config_is_refused_and_leaves_nothing(tmp_path):
+    from tracked_train import checkpoint
+
+    r = cli("run", "--run-name", "src", *sets("training.max_steps=4", "training.eval_every=2"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    state = checkpoint.load(tmp_path / "runs" / "src" / "checkpoints" / "last")
+    state["config"]["model"]["d_model"] = 128  # as a tampered or mixed-up upload would say
+    checkpoint.save(tmp_path / "bad", state, {})
+    (tmp_path / "out").mkdir()
+    for args in (("resume", str(tmp_path / "bad"), "--set", "run.output_dir=out"),
+                 ("generate", str(tmp_path / "bad"), "--prompt", "x"),
+                 ("run", "--init-from", str(tmp_path / "bad"), "--output-dir", "out", *sets("training.max_steps=2"))):
+        r = cli(*args, cwd=tmp_path)
+        assert_one_clean_line(r, "do not fit")
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-made
