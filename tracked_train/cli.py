@@ -27,6 +27,15 @@ def _user_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:
+            log_file = getattr(e, "train_log", None)
+            if log_file is None:
+                raise  # a bug with no log to hold its traceback: show it
+            from .errors import describe
+
+            click.echo(f"error: internal error ({type(e).__name__}: {describe(e)}); the traceback is in {log_file}",
+                       err=True)
+            sys.exit(1)
         finally:
             from .distributed import shutdown
 

@@ -151,14 +151,13 @@ def _open(a: Attempt):
     trackers = Trackers.from_specs(a.cfg.tracking.trackers)
     started = False
     try:
-        setup_logging(None)
+        setup_logging(a.run_dir / "train.log")
         dump_yaml(a.cfg, a.run_dir / "config.yaml")
         trackers.start(RunInfo(a.cfg.run.name or a.run_dir.name, a.run_dir, a.cfg, a.start_step,
                                a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
         started = True
         _write_tracker_state(a.run_dir, trackers)
         check_files(a.cfg.data)  # again: a resume's data may be gone (a bad-input abort repairs a kill -9's RUNNING)
-        setup_logging(a.run_dir / "train.log")
         if a.state or a.tracker_state is not None:
             log.info("resuming %s from step %d\n%s", a.run_dir, a.start_step, config_table(a.cfg.flat()))
         else:
@@ -177,8 +176,8 @@ def _open(a: Attempt):
         return parts
     except BaseException as e:
         if not isinstance(e, (UserError, KeyboardInterrupt)):
-            log.error("setup failed: %s: %s", type(e).__name__, describe(e))
             log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
+            e.train_log = a.run_dir / "train.log"  # the CLI says where the traceback is
         if started:
             trackers.abort()
         if a.new:
