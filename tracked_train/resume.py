@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint, config, sources
+from .early_stopping import StopReason
 from .errors import CheckpointError, ConfigError, UserError
 from .lock import RunLock
 from .runner import Attempt, lifecycle, make_run_dir, read_tracker_state
@@ -30,7 +31,9 @@ log = logging.getLogger("tracked_train")
 
 # Where a run is recorded or displayed, not how it trains: free to differ on resume.
 NOT_DRIFT = ("run.", "console.", "tracking.")
-FINISHED_REASONS = ("completed", "patience", "target_reached", "time_budget")
+# A run that stopped for one of these ended on purpose (exit 0): a resume leaves it alone.
+FINISHED_REASONS = tuple(r.value for r in StopReason if r.exit_code == 0)
+FINISHED = "finished"  # what rank 0 tells the other torchrun ranks when there is nothing to resume
 
 
 def config_changes(old: config.Config, new: config.Config) -> dict[str, tuple[Any, Any]]:
@@ -58,18 +61,20 @@ def resume(source: str, sets: list[str], which: str = "last", fork: bool = False
 
     setup_logging(None)  # what the resume decides is said before the run's log file exists
     if distributed.init().is_main:
-        attempt = None
+        attempt, decided = None, False
         try:
             attempt = _attempt(source, sets, which, fork, allow_config_change)
+            decided = True
         finally:  # under torchrun the other ranks follow rank 0's folder (on a shared filesystem across nodes)
-            distributed.broadcast(None if attempt is None else (attempt.run_dir, attempt.cfg, attempt.state is None))
+            distributed.broadcast(None if not decided else FINISHED if attempt is None else (
+                attempt.run_dir, attempt.cfg, attempt.state is None))
         if attempt is None:
             return 0  # nothing to do (the run had finished)
         runner._check_world(attempt.cfg)
         return lifecycle(attempt)
     shared = distributed.broadcast(None)
-    if shared is None:
-        return 2  # rank 0 reported the problem, or there was nothing to do
+    if shared is None or shared == FINISHED:
+        return 0 if shared == FINISHED else 2  # rank 0 said why
     run_dir, cfg, from_scratch = shared
     state = None if from_scratch else checkpoint.load(run_dir / "checkpoints" / "last")
     runner._check_world(cfg)
