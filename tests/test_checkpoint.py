@@ -16,7 +16,8 @@ def state(step=3):
     from tracked_train import config
 
     full = dict.fromkeys(checkpoint.REQUIRED_KEYS, {})  # what a run saves; these tests need only its shape
-    full.update(config=config.resolve(None, [], None).to_dict(), model={"w": torch.arange(10.0)})
+    full.update(config=config.resolve(None, [], None).to_dict(), model={"w": torch.arange(10.0)},
+                tokenizer=torch.zeros(4, dtype=torch.uint8))
     return {**full, "format_version": checkpoint.FORMAT_VERSION, "step": step, "w": torch.arange(10.0) * step}
 
 

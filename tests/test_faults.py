@@ -427,3 +427,16 @@ def test_a_checkpoint_whose_tensors_do_not_fit_its_config_is_refused_and_leaves_
         r = cli(*args, cwd=tmp_path)
         assert_one_clean_line(r, "do not fit")
     assert list((tmp_path / "out").iterdir()) == []  # nothing half-made
+
+
+def test_resuming_a_checkpoint_folder_continues_in_a_new_run_folder_not_inside_it(tmp_path):
+    r = cli("run", "--run-name", "base", *sets("training.max_steps=6", "training.eval_every=3",
+                                               "training.checkpoint_every=3"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    best = tmp_path / "runs" / "base" / "checkpoints" / "best"
+    before = sorted(p.name for p in best.iterdir())
+    r = cli("resume", str(best), "--set", "training.max_steps=8", "--allow-config-change", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in best.iterdir()) == before  # the checkpoint folder is only read
+    continued = [p for p in (tmp_path / "runs").iterdir() if p.name != "base"]
+    assert len(continued) == 1 and metric_lines(continued[0])[-1][0] == 8

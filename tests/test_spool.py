@@ -116,3 +116,25 @@ def test_spool_state_damage_resends_instead_of_crashing(tmp_path: Path):
     (tmp_path / "state.json").write_text("{not json")
     spool = Spool(tmp_path)
     assert spool.state["acked"] == 0 and len(spool.pending()) == 1
+
+
+def test_a_state_beyond_the_spool_is_treated_as_damaged(tmp_path: Path):
+    spool = Spool(tmp_path)
+    spool.append({"k": "tags", "tags": {"a": "1"}})
+    spool.close()
+    (tmp_path / "state.json").write_text(json.dumps({"acked": 10_000}))
+    assert Spool(tmp_path).unsent() > 0  # resent, never skipped
+
+
+def test_events_with_malformed_fields_are_bad_events_not_retried_forever():
+    import pytest
+
+    from tracked_train.mlflow.sink import check_event
+    from tracked_train.trackers.spool import BadEvent
+
+    for event in ({"k": "params", "p": None}, {"k": "artifact", "src": 5, "dst": "x"},
+                  {"k": "metrics", "step": "1", "t": 1, "m": {}}, {"k": "metrics", "step": 1, "t": 1, "m": {"a": "x"}},
+                  {"k": "nope"}):
+        with pytest.raises(BadEvent):
+            check_event(event)
+    check_event({"k": "metrics", "step": 1, "t": 1, "m": {"a": 1.5}})

@@ -112,7 +112,12 @@ def _manifest(folder: Path) -> dict:
 def verify(folder: Path) -> dict:
     """Check every file against the manifest; return the manifest."""
     manifest = _manifest(folder)
-    for name, meta in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
+            for m in files.values()):
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is malformed; resume from another checkpoint")
+    for name, meta in files.items():
         p = folder / name
         if Path(name).name != name:
             raise CheckpointError(f"checkpoint {folder}: manifest names a path outside the folder ({name!r}); refused")
@@ -163,8 +168,9 @@ def load(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder} is not a tracked-train checkpoint of format {FORMAT_VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing or not isinstance(state.get("step"), int) or not isinstance(state.get("model"), dict):
-        what = f"lacks {', '.join(missing)}" if missing else "has a malformed step or model"
+    if (missing or not isinstance(state.get("step"), int) or not isinstance(state.get("model"), dict)
+            or not isinstance(state.get("tokenizer"), torch.Tensor)):
+        what = f"lacks {', '.join(missing)}" if missing else "has a malformed step, model or tokenizer"
         raise CheckpointError(f"checkpoint {folder} {what}; it is damaged or not a tracked-train checkpoint")
     config_of(state, folder)
     return state

@@ -141,8 +141,6 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
         if _finished_locally(run_dir, changes, which):
             lock.release()
             return None
-        if state is not None and which != "last":
-            checkpoint.save_copy(checkpoints / which, checkpoints / "last")
         tracker_state = read_tracker_state(run_dir)
         if state is not None and state.get("trackers"):
             tracker_state = {**(tracker_state or {}), **state["trackers"]}
@@ -154,8 +152,10 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
         rewind = (tracker_state is not None and state is not None and (which != "last" or bool(changes))
                   and _logged_after(run_dir, state["step"]))
         cfg = cfg.replace(**{"run.name": run_dir.name, "run.output_dir": str(run_dir.parent)})
+        # `best` becomes `last` only once the attempt is under way: bad input found on the way changes nothing.
+        install = checkpoints / which if state is not None and which != "last" else None
         return Attempt(cfg, run_dir, lock, new=False, state=state, tracker_state=tracker_state, rewind=rewind,
-                       tags=tags)
+                       tags=tags, install_last=install)
     except BaseException:
         lock.release()
         raise
@@ -170,7 +170,10 @@ def _logged_after(run_dir: Path, step: int) -> bool:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "config.yaml").is_file())
+    """A run folder (never a checkpoint folder, which also holds a config.yaml)."""
+    if not path.is_dir() or (path / checkpoint.MANIFEST).exists():
+        return False
+    return (path / "checkpoints").is_dir() or ((path / "config.yaml").is_file() and (path / "metrics.jsonl").exists())
 
 
 def _load_or_none(folder: Path, which: str) -> dict[str, Any] | None:

@@ -54,6 +54,7 @@ class Attempt:
     tracker_state: dict[str, Any] | None = None  # tracked runs to continue (None: new ones)
     rewind: bool = False  # an inexact resume: the steps after the checkpoint get new values
     tags: dict[str, str] = field(default_factory=dict)
+    install_last: Path | None = None  # `--from best`: the checkpoint that becomes `last` once trackers are up
 
     @property
     def start_step(self) -> int:
@@ -158,6 +159,10 @@ def _open(a: Attempt):
         started = True
         _write_tracker_state(a.run_dir, trackers)
         check_files(a.cfg.data)  # again: a resume's data may be gone (a bad-input abort repairs a kill -9's RUNNING)
+        if a.install_last is not None:
+            from .checkpoint import save_copy
+
+            save_copy(a.install_last, a.run_dir / "checkpoints" / "last")
         if a.state or a.tracker_state is not None:
             log.info("resuming %s from step %d\n%s", a.run_dir, a.start_step, config_table(a.cfg.flat()))
         else:

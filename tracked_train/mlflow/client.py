@@ -67,6 +67,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         return
     try:
         urllib.request.urlopen(strip_userinfo(uri).rstrip("/") + "/health", timeout=timeout_s).read()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy asking for credentials, say): MLflow's own calls tell the rest
     except (urllib.error.URLError, OSError) as e:
         from ..errors import describe
 
@@ -86,12 +88,25 @@ def http_status(e: BaseException) -> int | None:
     return None
 
 
+def status_of(e: BaseException) -> int | None:
+    """The HTTP status behind an error: of a response (requests' HTTPError) or of an MLflow error code."""
+    response_status = getattr(getattr(e, "response", None), "status_code", None)
+    return response_status if isinstance(response_status, int) else http_status(e)
+
+
 def is_transient(e: BaseException) -> bool:
     """Worth retrying: no connection, a timeout, a server error (5xx) or too many requests (429)."""
+    response_status = getattr(getattr(e, "response", None), "status_code", None)  # requests' HTTPError
+    if isinstance(response_status, int):
+        return response_status >= 500 or response_status in (408, 429)
     status = http_status(e)
     if status is not None:
         return status >= 500 or status == 429
-    return isinstance(e, (OSError, TimeoutError)) or type(e).__module__.startswith(("requests", "urllib3"))
+    from ..errors import UserError
+
+    # Anything else (a connection error of requests, botocore or another store's client) is retried:
+    # dropping an event on a guess would lose it; a refusal we recognise is what gets set aside.
+    return not isinstance(e, UserError)
 
 
 def error_code(e: BaseException) -> str:

@@ -28,7 +28,7 @@ from ..errors import describe
 from ..redact import strip_userinfo
 from ..trackers.snapshot import remove
 from ..trackers.spool import BadEvent, Blocked, Spool
-from .client import check_reachable, connect, http_status, is_transient
+from .client import check_reachable, connect, is_transient, status_of
 
 log = logging.getLogger("tracked_train")
 
@@ -45,8 +45,12 @@ def check_event(e: dict[str, Any]) -> None:
     missing = [f for f in FIELDS[kind] if f not in e]
     if missing:
         raise BadEvent(f"{kind} event without {', '.join(missing)}")
-    if kind == "metrics" and not (isinstance(e["m"], dict) and isinstance(e["step"], int)):
-        raise BadEvent("metrics event with a malformed step or values")
+    types = {"step": int, "t": int, "m": dict, "p": dict, "tags": dict, "src": str, "dst": str, "status": str}
+    wrong = [f for f in FIELDS[kind] if not isinstance(e[f], types[f])]
+    if wrong:
+        raise BadEvent(f"{kind} event with a malformed {', '.join(wrong)}")
+    if kind == "metrics" and not all(isinstance(v, (int, float)) for v in e["m"].values()):
+        raise BadEvent("metrics event with a value that is not a number")
 
 
 class MlflowSink:
@@ -94,9 +98,13 @@ class MlflowSink:
                 continue
             self._send_group(group)
             group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
-            self._deliver(kind, lambda e=e: getattr(self, f"_do_{e['k']}")(e), [e])
-            if "src" in e:
-                remove(self.run_dir / e["src"])
+            # Without its run nothing after it can be sent: a refused create stops the sending, never skipped.
+            delivered = self._deliver(kind, lambda e=e: getattr(self, f"_do_{e['k']}")(e), [e],
+                                      reject=kind != "create")
+            if kind == "create" and not delivered:
+                raise Blocked(f"MLflow at {self.where} refuses to create the run; see the error above")
+            if "src" in e and delivered:
+                remove(self.run_dir / e["src"])  # a rejected upload keeps its snapshot, named in rejected.jsonl
             self.spool.ack(offset)
         self._send_group(group)
 
@@ -120,8 +128,8 @@ class MlflowSink:
         except (Blocked, BadEvent):
             raise
         except Exception as e:  # noqa: BLE001 - sorted below: retry, stop sending, or set aside
-            if is_transient(e) or self._run_missing() or http_status(e) in (401, 403):
-                if http_status(e) in (401, 403):
+            if is_transient(e) or self._run_missing() or status_of(e) in (401, 403):
+                if status_of(e) in (401, 403):
                     raise Blocked(f"MLflow at {self.where} refuses us ({describe(e)}); check "
                                   "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD") from None
                 raise
@@ -183,9 +191,16 @@ class MlflowSink:
         log.info("mlflow: created run %s at %s", run.info.run_id, self.where)
 
     def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            return self.client.create_experiment(name)
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException as e:  # another run created it a moment ago
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise e from None
         if exp.lifecycle_stage == "deleted":
             raise Blocked(f"MLflow experiment '{name}' is deleted at {self.where}; restore it (`mlflow experiments "
                           f"restore --experiment-id {exp.experiment_id}`) and run `tracked-train sync {self.run_dir}`")

@@ -68,6 +68,18 @@ def _safe_join(root: Path, artifact_path: str, prefix: str) -> Path:
 
 def download_checkpoint(client: Any, run_id: str, which: str, dest: Path) -> Path:
     """Download ``checkpoints/<which>`` of an MLflow run into ``dest`` and verify it."""
+    try:
+        return _download(client, run_id, which, dest)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - the server or its artifact store failed mid-download
+        from ..errors import describe
+
+        raise UserError(f"downloading checkpoints/{which} of MLflow run {run_id} from "
+                        f"{strip_userinfo(client.tracking_uri)} failed ({describe(e)}); try again") from None
+
+
+def _download(client: Any, run_id: str, which: str, dest: Path) -> Path:
     from .. import checkpoint
 
     prefix = f"checkpoints/{which}"

@@ -98,7 +98,7 @@ class MlflowTracker(Tracker):
         previous = None
         if run.continuing and run.rewind:
             # MLflow cannot delete the points the recomputed steps contradict: continue in a new run.
-            previous = state.get("run_id") or _spool_run_id(folder)
+            previous = _spool_run_id(folder) or state.get("run_id")  # the spool knows best: a checkpoint may be older
         continuing = run.continuing and not run.rewind
         if not continuing and (folder / SPOOL).exists():
             _archive(folder)  # the old run's unsent events stay for `sync`
@@ -107,7 +107,8 @@ class MlflowTracker(Tracker):
         if previous:
             tags["resumed_from"] = previous
         if continuing:
-            self.run_id = state.get("run_id") or self.spool.state.get("run_id")
+            # This folder's spool names the run it sends to; a checkpoint may predate a rewind into a new run.
+            self.run_id = self.spool.state.get("run_id") or state.get("run_id")
             # Created late or never: its create event is still in the spool, and stays the only one.
             awaiting_create = not self.run_id and any(e.get("k") == "create" for e in self.spool.events())
             self._continuing = bool(self.run_id) or awaiting_create
@@ -116,6 +117,7 @@ class MlflowTracker(Tracker):
             self._prune_uploads()
         self.spool.save_state(tracking_uri=strip_userinfo(uri), experiment=tc.experiment, run_id=self.run_id)
         sink = MlflowSink(uri, run.run_dir, self.spool, tc.experiment)
+        client = None
         try:
             client = sink.connect()
             if self.run_id:
@@ -130,10 +132,15 @@ class MlflowTracker(Tracker):
                                 "delete them: continuing in new run %s (tag resumed_from=%s)", run.start_step,
                                 previous, self.run_id, previous)
         except UserError:
+            self._undo_start(client, created=not self._continuing)
             raise
         except Blocked as e:
             raise UserError(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - unreachable server, refused connection, bad store
+        except BaseException as e:  # noqa: BLE001 - unreachable server, refused connection, bad store, Ctrl-C
+            if not isinstance(e, Exception) or tc.required:
+                self._undo_start(client, created=not self._continuing)
+            if not isinstance(e, Exception):
+                raise
             if tc.required:
                 raise UserError(
                     f"MLflow tracking server {strip_userinfo(uri)} is not reachable ({describe(e, 200)}); start it "
@@ -154,6 +161,19 @@ class MlflowTracker(Tracker):
         interval = float(os.environ.get("TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S", "1"))
         self.sender = Sender(self.spool, sink, "mlflow", interval_s=interval)
         self.sender.start()
+
+    def _undo_start(self, client: Any, created: bool) -> None:
+        """A start that failed half-way leaves nothing RUNNING: a run it created is deleted, one it reopened
+        gets its status back (best effort: the server may be what failed)."""
+        if client is None or not self.run_id:
+            return
+        try:
+            if created:
+                client.delete_run(self.run_id)
+            elif self._status_before:
+                client.set_terminated(self.run_id, self._status_before)
+        except Exception as e:  # noqa: BLE001
+            log.warning("mlflow: could not undo the start of run %s (%s)", self.run_id, describe(e))
 
     def _reopen(self, client: Any, start_step: int) -> None:
         """Continue the same run: repair a RUNNING left by a kill -9, skip steps the server already has."""
@@ -254,7 +274,7 @@ class MlflowTracker(Tracker):
         self.spool.append({"k": "figure", "title": self.run_name})
         if best.exists():
             self._seq += 1
-            src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-model"
+            src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}-model"
             snapshot(best, self.run_dir / src)
             self.spool.append({"k": "model", "src": str(src)})
         log_file = self.run_dir / "train.log"
@@ -339,8 +359,12 @@ def _drain_previous(folder: Path, uri: str, run_dir: Path) -> None:
     for prev in sorted(p for p in (folder / PREVIOUS).glob("*") if (p / SPOOL).exists()):
         spool = Spool(prev)
         try:
+            sink = MlflowSink(uri, run_dir, spool)
             if spool.unsent():
-                Sender(spool, MlflowSink(uri, run_dir, spool), "mlflow").flush_once()
+                Sender(spool, sink, "mlflow").flush_once()
+            run_id = spool.state.get("run_id")
+            if run_id and spool.unsent() == 0 and sink.connect().get_run(run_id).info.status == "RUNNING":
+                sink.client.set_terminated(run_id, "KILLED")  # a kill -9 left it; we hold the folder's lock
         except Exception as e:  # noqa: BLE001 - never worth failing a start for
             log.warning("mlflow: %d bytes for earlier run %s are still unsent (%s); `tracked-train sync %s` "
                         "sends them", spool.unsent(), spool.state.get("run_id"), describe(e), run_dir)

@@ -55,7 +55,12 @@ class Spool:
         state_file = self.folder / STATE
         if state_file.exists():
             try:
-                self.state.update(json.loads(state_file.read_text()))
+                loaded = json.loads(state_file.read_text())
+                size = self.path.stat().st_size if self.path.exists() else 0
+                if not (isinstance(loaded, dict) and isinstance(loaded.get("acked", 0), int)
+                        and 0 <= loaded.get("acked", 0) <= size):
+                    raise ValueError("not a spool state (or an offset beyond the spool)")
+                self.state.update(loaded)
             except (ValueError, OSError) as e:
                 # Without the offset every event would be sent again: harmless (sends are idempotent).
                 log.warning("%s is damaged (%s); resending the spool from its start", state_file, describe(e))
@@ -236,6 +241,7 @@ class Sender:
             self._wake.wait(backoff or self.interval_s)
             self._wake.clear()
             done = False
+            stopping = self._stop.is_set()  # before the flush: events appended by finish() are in it
             try:
                 done = self.flush_once()
                 if not self.connected or self.blocked:
@@ -250,7 +256,7 @@ class Sender:
                     log.warning("%s: server unreachable (%s); training continues, events are spooled to %s "
                                 "and sent when it answers", self.name, describe(e, 200), self.spool.path)
                 self.connected, backoff = False, min(10.0, max(1.0, backoff * 2))
-            if self._stop.is_set() and (done or time.monotonic() >= self._deadline):
+            if stopping and (done or time.monotonic() >= self._deadline):
                 return
             if self._stop.is_set():
                 backoff = min(backoff, max(0.0, self._deadline - time.monotonic()))
