@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import UserError
 from .mlflow.store import Store
+from .mlflow.tracker import spool_run_id
 from .trackers import jsonl
 
 # Metrics compared by `compare`; lower is better for each of them.
@@ -90,11 +91,11 @@ def load_local(run_dir: Path) -> Run:
     records = jsonl.read(run_dir / jsonl.FILENAME)
     params = next((r["params"] for r in reversed(records) if r.get("event") == "params"), {})
     history = _local_history(records)
-    stop = _last_stop(records)
+    stop = jsonl.last_stop(records)
     start, last = _time_span(records)
     tokens = history.get(TOKENS)
     return Run(
-        name=run_dir.name, source="local", run_id=_local_run_id(run_dir), run_dir=run_dir,
+        name=run_dir.name, source="local", run_id=spool_run_id(run_dir / "mlflow"), run_dir=run_dir,
         status=_status(stop.get("reason")) if stop else "RUNNING",
         stop_reason=stop.get("reason") if stop else None, stop_detail=stop.get("detail") if stop else None,
         steps=stop.get("step") if stop else max((s for s, _ in history.get("train/loss", [])), default=None),
@@ -116,29 +117,11 @@ def _status(reason: str | None) -> str:
         return "FINISHED"
 
 
-def _last_stop(records: list[dict]) -> dict | None:
-    """The stop event of the last segment (a resumed run has several); None while it runs."""
-    stop = None
-    for r in records:
-        if r.get("event") in ("start", "resume"):
-            stop = None
-        elif r.get("event") == "stop":
-            stop = r
-    return stop
-
-
 def _time_span(records: list[dict]) -> tuple[float | None, float | None]:
     """When the run started (its first start event) and its last timestamped record."""
     times = [r["time"] for r in records if isinstance(r.get("time"), (int, float))]
     start = next((r["time"] for r in records if r.get("event") == "start" and "time" in r), None)
     return (start if start is not None else (times[0] if times else None)), (times[-1] if times else None)
-
-
-def _local_run_id(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "mlflow" / "state.json").read_text()).get("run_id")
-    except (OSError, ValueError):
-        return None
 
 
 def _local_history(records: list[dict]) -> dict[str, list[tuple[int, float]]]:

@@ -85,7 +85,7 @@ def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) 
     """Rank 0's part: the checkpoint checked, the config settled, the run folder chosen and locked."""
     overrides = dict(config.parse_assignment(s) for s in sets)  # bad keys fail before any download
     ref = sources.parse(source)
-    if ref.kind == "local" and _is_run_dir(Path(ref.value)) and not fork:
+    if ref.kind == "local" and sources.is_run_folder(Path(ref.value)) and not fork:
         return _in_place(Path(ref.value), overrides, which, allow)
     with sources.fetched(source, which, overrides.get("tracking.mlflow_uri")) as (folder, origin):
         state = checkpoint.load(folder)
@@ -169,13 +169,6 @@ def _logged_after(run_dir: Path, step: int) -> bool:
     return path.exists() and any(r.get("step", 0) > step for r in jsonl.read(path) if "event" not in r)
 
 
-def _is_run_dir(path: Path) -> bool:
-    """A run folder (never a checkpoint folder, which also holds a config.yaml)."""
-    if not path.is_dir() or (path / checkpoint.MANIFEST).exists():
-        return False
-    return (path / "checkpoints").is_dir() or ((path / "config.yaml").is_file() and (path / "metrics.jsonl").exists())
-
-
 def _load_or_none(folder: Path, which: str) -> dict[str, Any] | None:
     """The checkpoint's state; None when the run never saved one (and ``which`` is last)."""
     try:
@@ -205,21 +198,11 @@ def _tag_changes(tags: dict[str, str], changes: dict[str, tuple[Any, Any]]) -> N
         log.warning("config changed on resume: %s", tags["config_changes"])
 
 
-def _last_stop(run_dir: Path) -> dict | None:
+def _finished_locally(run_dir: Path, changes: dict, which: str) -> bool:
     from .trackers import jsonl
 
-    stop = None
     path = run_dir / jsonl.FILENAME
-    for r in jsonl.read(path) if path.exists() else []:
-        if r.get("event") in ("start", "resume"):
-            stop = None
-        elif r.get("event") == "stop":
-            stop = r
-    return stop
-
-
-def _finished_locally(run_dir: Path, changes: dict, which: str) -> bool:
-    stop = _last_stop(run_dir)
+    stop = jsonl.last_stop(jsonl.read(path)) if path.exists() else None
     if stop is None or stop.get("reason") not in FINISHED_REASONS or changes or which != "last":
         return False
     _say_finished(str(run_dir), stop.get("reason"), stop.get("step"))

@@ -240,14 +240,14 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
 
 
 def _run(parts) -> int:
-    from .train import train
+    from .train import saved_step, train
 
     trackers = parts.trackers
     try:
         outcome = train(parts)
     except KeyboardInterrupt:
         stop = Stop(StopReason.INTERRUPTED, f"Interrupted twice at step {parts.st.step}; stopped at once "
-                    f"(checkpoints/last holds step {_saved_step(parts.run_dir)}).", parts.st.step)
+                    f"(checkpoints/last holds step {saved_step(parts.run_dir)}).", parts.st.step)
         trackers.finish(Outcome(stop))
         log.info("stopped: %s", stop.detail)
         return 130
@@ -260,13 +260,6 @@ def _run(parts) -> int:
     _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)
     return outcome.stop.exit_code
-
-
-def _saved_step(run_dir: Path) -> int | str:
-    try:
-        return json.loads((run_dir / "checkpoints" / "last" / "manifest.json").read_text()).get("step", "?")
-    except (OSError, ValueError):
-        return "none"
 
 
 def _summary(parts, o: Outcome) -> None:

@@ -80,9 +80,16 @@ def fetched(ref: str, which: str = "last", mlflow_uri: str | None = None) -> Ite
         shutil.rmtree(root, ignore_errors=True)
 
 
+def is_run_folder(path: Path) -> bool:
+    """A run folder (never a checkpoint folder, which also holds a config.yaml)."""
+    if not path.is_dir() or (path / checkpoint.MANIFEST).exists():
+        return False
+    return (path / "checkpoints").is_dir() or ((path / "config.yaml").is_file() and (path / "metrics.jsonl").exists())
+
+
 def _local(value: str, which: str) -> tuple[Path, dict]:
     path = Path(value)
-    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file() and (path / "metrics.jsonl").exists():
+    if is_run_folder(path):
         return path / "checkpoints" / which, {"kind": "local", "run_dir": path}
     if (path / checkpoint.MANIFEST).is_file() or (path.parent / checkpoint.MANIFEST).is_file():
         return (path if path.is_dir() else path.parent), {"kind": "local", "run_dir": None}

@@ -350,7 +350,7 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
             _evaluate_and_save_best(p, progress)  # "and at the end": every run ends evaluated
         if stop is not None and stop.reason == StopReason.DIVERGED:
             log.warning("not overwriting checkpoints/last with diverged weights; it holds step %s",
-                        _last_step(p.run_dir))
+                        saved_step(p.run_dir))
         elif stop is not None or step % t.checkpoint_every == 0:
             p.save("last")
     return stop
@@ -376,7 +376,8 @@ def _evaluate_and_save_best(p: Parts, progress: Progress) -> Stop | None:
     return stop
 
 
-def _last_step(run_dir: Path) -> int | str:
+def saved_step(run_dir: Path) -> int | str:
+    """The step checkpoints/last holds (for messages)."""
     manifest = run_dir / "checkpoints" / "last" / checkpoint.MANIFEST
     if manifest.exists():
         import json

@@ -98,7 +98,8 @@ class MlflowSink:
                 continue
             self._send_group(group)
             group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
-            # Without its run nothing after it can be sent: a refused create stops the sending, never skipped.
+            # A refused create is neither rejected nor acknowledged: without its run nothing after it could be
+            # sent, so the sending stops (Blocked) with everything pending.
             delivered = self._deliver(kind, lambda e=e: getattr(self, f"_do_{e['k']}")(e), [e],
                                       reject=kind != "create")
             if kind == "create" and not delivered:

@@ -98,7 +98,7 @@ class MlflowTracker(Tracker):
         previous = None
         if run.continuing and run.rewind:
             # MLflow cannot delete the points the recomputed steps contradict: continue in a new run.
-            previous = _spool_run_id(folder) or state.get("run_id")  # the spool knows best: a checkpoint may be older
+            previous = spool_run_id(folder) or state.get("run_id")  # the spool knows best: a checkpoint may be older
         continuing = run.continuing and not run.rewind
         if not continuing and (folder / SPOOL).exists():
             _archive(folder)  # the old run's unsent events stay for `sync`
@@ -327,7 +327,8 @@ def _report_set_aside(spool: Spool) -> tuple[int, int]:
     return rejected, quarantined
 
 
-def _spool_run_id(folder: Path) -> str | None:
+def spool_run_id(folder: Path) -> str | None:
+    """The MLflow run a spool folder sends to (None: not created yet, or no spool)."""
     import json
 
     try:
@@ -338,7 +339,7 @@ def _spool_run_id(folder: Path) -> str | None:
 
 def _archive(folder: Path) -> Path:
     """Move a spool (not its uploads, which its events name) to ``previous/<run id>/``."""
-    run_id = _spool_run_id(folder)
+    run_id = spool_run_id(folder)
     dest = folder / PREVIOUS / (run_id or f"uncreated-{time.strftime('%Y%m%d-%H%M%S')}")
     dest.mkdir(parents=True, exist_ok=True)
     for name in (SPOOL, STATE, REJECTED, QUARANTINE):

@@ -41,6 +41,17 @@ def read(path: Path) -> list[dict]:
     return out
 
 
+def last_stop(records: list[dict]) -> dict | None:
+    """The stop event of the last segment (a resumed run has several); None while it runs."""
+    stop = None
+    for r in records:
+        if r.get("event") in ("start", "resume"):
+            stop = None
+        elif r.get("event") == "stop":
+            stop = r
+    return stop
+
+
 def truncate_after(path: Path, step: int) -> int:
     """Keep only the records at or before ``step``; return how many were dropped."""
     if not path.exists():
