@@ -35,6 +35,7 @@ def _cache(tmp_path_factory):
     """One tokenizer/token cache for the whole session (tokenizers train once)."""
     os.environ["TRACKED_TRAIN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)  # it names the experiment of every run the tests start
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
+from conftest import cli, records, sets
 
 from tracked_train import config
 from tracked_train.cli import main
@@ -37,6 +41,50 @@ def test_precedence_cli_over_env_over_yaml_over_defaults(tmp_path):
     assert cfg.training.max_steps == 12  # env beats YAML
     assert cfg.training.batch_size == 3  # YAML beats default
     assert cfg.training.warmup_steps == config.Config().training.warmup_steps
+
+
+def test_env_reaches_every_section_and_key_with_underscores():
+    env = {"TRACKED_TRAIN_EARLY_STOPPING_PATIENCE": "3", "TRACKED_TRAIN_EARLY_STOPPING_MIN_DELTA": "0.5",
+           "TRACKED_TRAIN_TRACKING_WANDB_PROJECT": "p", "TRACKED_TRAIN_MODEL_N_KV_HEADS": "2"}
+    cfg = resolve(environ=env)
+    assert (cfg.early_stopping.patience, cfg.early_stopping.min_delta) == (3, 0.5)
+    assert (cfg.tracking.wandb_project, cfg.model.n_kv_heads) == ("p", 2)
+    assert resolve("early_stopping.patience=5", environ=env).early_stopping.patience == 5  # --set still wins
+
+
+@pytest.mark.parametrize("name, message", [
+    ("TRACKED_TRAIN_EARLY_STOPING_PATIENCE",
+     "unknown environment variable TRACKED_TRAIN_EARLY_STOPING_PATIENCE "
+     "(did you mean TRACKED_TRAIN_EARLY_STOPPING_PATIENCE, for early_stopping.patience?)"),
+    ("TRACKED_TRAIN_TRAINING_LRR", "(did you mean TRACKED_TRAIN_TRAINING_LR, for training.lr?)"),
+    ("TRACKED_TRAIN_CACH", "(did you mean TRACKED_TRAIN_CACHE?)"),
+    ("TRACKED_TRAIN_XYZZY", "TRACKED_TRAIN_<SECTION>_<KEY> sets a config key, e.g. TRACKED_TRAIN_TRAINING_LR"),
+])
+def test_unknown_env_variable_is_an_error(name, message):
+    with pytest.raises(ConfigError) as e:
+        resolve(environ={name: "1"})
+    assert message in str(e.value)
+
+
+def test_variables_the_package_reads_are_not_config_errors():
+    """Each TRACKED_TRAIN_* name in the package is a config key's or in NOT_CONFIG_ENV, else `run` refuses it."""
+    package = Path(config.__file__).parent
+    named = {m for f in package.rglob("*.py") for m in re.findall(r"TRACKED_TRAIN_[A-Z][A-Z0-9_]*", f.read_text())}
+    config_vars = {config.env_name(k) for k in config.FIELDS}
+    assert "TRACKED_TRAIN_CACHE" in named and named - config_vars <= config.NOT_CONFIG_ENV, named - config_vars
+    assert resolve(environ=dict.fromkeys(config.NOT_CONFIG_ENV, "1")) == config.Config()
+
+
+def test_mlflow_experiment_name_only_when_nothing_else_names_it(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("tracking:\n  experiment: from-yaml\n")
+    mlflow_env = {"MLFLOW_EXPERIMENT_NAME": "from-mlflow"}
+    assert resolve(environ={}).tracking.experiment == "tracked-train"
+    assert resolve(environ=mlflow_env).tracking.experiment == "from-mlflow"
+    assert resolve(yaml_file=y, environ=mlflow_env).tracking.experiment == "from-yaml"
+    ours = {**mlflow_env, "TRACKED_TRAIN_TRACKING_EXPERIMENT": "from-ours"}
+    assert resolve(environ=ours).tracking.experiment == "from-ours"
+    assert resolve("tracking.experiment=from-set", environ=mlflow_env).tracking.experiment == "from-set"
 
 
 @pytest.mark.parametrize("assignment, message", [
@@ -85,6 +133,24 @@ def test_cli_bad_input_exit_2_one_line_no_run_folder(tmp_path, monkeypatch, args
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_misspelt_env_variable_exits_2_with_a_suggestion(tmp_path):
+    r = cli("run", "--set", "tracking.trackers=jsonl", cwd=tmp_path, env={"TRACKED_TRAIN_TRAINNG_MAX_STEPS": "5"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("error: unknown environment variable TRACKED_TRAIN_TRAINNG_MAX_STEPS "
+                                "(did you mean TRACKED_TRAIN_TRAINING_MAX_STEPS, for training.max_steps?)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_env_patience_stops_a_run(tmp_path):
+    """The variable reaches the loop: no eval beats the best by 100, so the second one stops the run."""
+    r = cli("run", "--run-name", "p", *sets("training.max_steps=12", "training.eval_every=2",
+                                            "early_stopping.min_delta=100"),
+            cwd=tmp_path, env={"TRACKED_TRAIN_EARLY_STOPPING_PATIENCE": "1"})
+    assert r.returncode == 0, r.stderr
+    stop = next(x for x in records(tmp_path / "runs" / "p") if x.get("event") == "stop")
+    assert (stop["reason"], stop["step"]) == ("patience", 4)
 
 
 def test_empty_data_file_is_refused(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
-"""One contract, every backend: the same short run recorded by jsonl, MLflow and W&B (offline) reads back the same.
+"""One contract, every backend: the same short run, recorded by each backend, reads back the same.
 
-Each backend is read back with its own reader (metrics.jsonl, MlflowClient, `wandb leet inspect`), then
-compared with what the training loop handed the trackers and with a run that had no backend but jsonl.
+Each backend is read back with its own reader (metrics.jsonl, MlflowClient, `wandb leet inspect`, TensorBoard's
+EventAccumulator), then compared with what the training loop handed the trackers and with a run that had no
+backend but jsonl.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import metric_lines, records, sets
 from test_wandb import artifacts, flat_config, history, summary, wandb_env, wandb_records
 
-BACKENDS = ["jsonl", "mlflow", "wandb"]
+from tracked_train.config import Config
+from tracked_train.early_stopping import Stop
+from tracked_train.trackers import Outcome, RunInfo, Trackers
+from tracked_train.trackers.jsonl import JsonlTracker
+from tracked_train.trackers.tensorboard_tracker import TensorboardTracker
+
+BACKENDS = ["jsonl", "mlflow", "wandb", "tensorboard"]
 CHECKPOINT_FILES = {"checkpoint.pt", "manifest.json", "config.yaml", "tokenizer.model"}
 # Config keys that say where a run is recorded: they differ between the runs on purpose.
 WHERE = {"run.name", "tracking.trackers", "tracking.mlflow_uri", "tracking.experiment"}
@@ -30,7 +38,7 @@ class Seen:
     params: dict[str, object]
     train_loss: list[tuple[int, float]]
     stop_reason: str
-    checkpoints: dict[str, set[str]]  # "best"/"last" -> file names
+    checkpoints: dict[str, set[str]] | None  # "best"/"last" -> file names; None: the backend keeps no files
 
 
 def norm(value: object) -> object:
@@ -51,6 +59,36 @@ def normed(params: dict) -> dict:
     return {k: norm(v) for k, v in params.items()}
 
 
+def float32(pairs: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(step, float(np.float32(v))) for step, v in pairs]
+
+
+def as_held(backend: str, params: dict, metric: list[tuple[int, float]]) -> tuple[dict, list[tuple[int, float]]]:
+    """What a backend can hold of the loop's params and metric: TensorBoard's hparams have no null (an unset
+    key is absent) and its scalars are float32."""
+    if backend != "tensorboard":
+        return params, metric
+    return {k: v for k, v in params.items() if v is not None}, float32(metric)
+
+
+def tensorboard_events(run_dir: Path) -> tuple[dict[str, list], dict[str, list], dict[str, object]]:
+    """Scalars, texts and hparams of a run, as TensorBoard's own reader sees them (a resume's purge applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    texts = {tag.removesuffix("/text_summary"): [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
+                                                 for e in acc.Tensors(tag)]
+             for tag in acc.Tags()["tensors"] if tag.endswith("/text_summary")}
+    start = metadata.parse_session_start_info_plugin_data(
+        acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+    hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return scalars, texts, hparams
+
+
 def _start(backend: str, cwd: Path, home: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tracked_train", "run", "--run-name", f"parity-{backend}",
@@ -65,7 +103,8 @@ def runs(request, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("parity")
     home = tmp_path_factory.mktemp("home")
     procs = {"jsonl": _start("jsonl", cwd, home, "tracking.trackers=[jsonl]"),
-             "wandb": _start("wandb", cwd, home, "tracking.trackers=[jsonl, wandb]")}
+             "wandb": _start("wandb", cwd, home, "tracking.trackers=[jsonl, wandb]"),
+             "tensorboard": _start("tensorboard", cwd, home, "tracking.trackers=[jsonl, tensorboard]")}
     server = request.getfixturevalue("mlflow_server")
     procs["mlflow"] = _start("mlflow", cwd, home, "tracking.trackers=[jsonl, mlflow]",
                              f"tracking.mlflow_uri={server.uri}", "tracking.experiment=parity")
@@ -106,20 +145,27 @@ def read_wandb(run_dir: Path, _server) -> Seen:
     return Seen(normed(flat_config(recs)), history(recs, "train/loss"), summary(recs)["stop_reason"], ckpts)
 
 
-READERS = {"jsonl": read_jsonl, "mlflow": read_mlflow, "wandb": read_wandb}
+def read_tensorboard(run_dir: Path, _server) -> Seen:
+    scalars, texts, hparams = tensorboard_events(run_dir)
+    return Seen(normed(hparams), scalars["train/loss"], texts["stop_reason"][-1][1], None)
+
+
+READERS = {"jsonl": read_jsonl, "mlflow": read_mlflow, "wandb": read_wandb, "tensorboard": read_tensorboard}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_holds_what_the_loop_sent(backend, runs, mlflow_server):
     run_dir = runs[backend]
     seen = READERS[backend](run_dir, mlflow_server)
-    sent = next(r["params"] for r in records(run_dir) if r.get("event") == "params")
+    sent, loss = as_held(backend, next(r["params"] for r in records(run_dir) if r.get("event") == "params"),
+                         metric_lines(run_dir))
 
     assert seen.params == normed(sent)
-    assert seen.train_loss == metric_lines(run_dir) and [s for s, _ in seen.train_loss] == list(range(1, 9))
+    assert seen.train_loss == loss and [s for s, _ in seen.train_loss] == list(range(1, 9))
     assert seen.stop_reason == "completed"
-    assert seen.checkpoints.keys() == {"best", "last"}
-    assert all(CHECKPOINT_FILES <= files for files in seen.checkpoints.values()), seen.checkpoints
+    if seen.checkpoints is not None:
+        assert seen.checkpoints.keys() == {"best", "last"}
+        assert all(CHECKPOINT_FILES <= files for files in seen.checkpoints.values()), seen.checkpoints
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,7 +173,54 @@ def test_backends_agree_with_each_other(backend, runs, mlflow_server):
     """Same seed, same config: every backend holds the jsonl-only run's losses and params."""
     seen = READERS[backend](runs[backend], mlflow_server)
     reference = read_jsonl(runs["jsonl"], mlflow_server)
-    assert seen.train_loss == reference.train_loss
+    sent = next(r["params"] for r in records(runs["jsonl"]) if r.get("event") == "params")
+    params, loss = as_held(backend, sent, reference.train_loss)
+    assert seen.train_loss == loss
     assert {k: v for k, v in seen.params.items() if k not in WHERE} == \
-           {k: v for k, v in reference.params.items() if k not in WHERE}
+           {k: v for k, v in normed(params).items() if k not in WHERE}
     assert seen.params["tracking.trackers"] == str(["jsonl", backend] if backend != "jsonl" else ["jsonl"])
+
+
+def test_tensorboard_holds_every_metric_at_its_step(runs):
+    """Not only train/loss: each of metrics.jsonl's series, the best values and the end-of-run tags as text."""
+    run_dir = runs["tensorboard"]
+    scalars, texts, _ = tensorboard_events(run_dir)
+    recs = records(run_dir)
+    names = {k for r in recs if "event" not in r for k in r} - {"step", "time"}
+    assert {"train/loss", "val/loss", "val/nats_per_char"} <= names
+    for name in names:
+        assert scalars[name] == float32(metric_lines(run_dir, name)), name
+    stop = next(r for r in recs if r.get("event") == "stop")
+    assert scalars["best/val_loss"] == float32([(8, stop["best_val_loss"])])
+    assert texts["stop_reason"] == [(8, "completed")] and texts["verdict"] == [(8, stop["verdict"])]
+
+
+def test_tensorboard_resume_shows_each_step_once_as_jsonl_does(tmp_path):
+    """Interrupted at step 8, resumed from step 4 with other values (a rewind), then a resume that never trained:
+    TensorBoard's reader holds every step once, with the values metrics.jsonl holds."""
+    cfg = Config()
+
+    def attempt(start: int, steps: range, scale: float, rewind: bool = False, stop: str | None = "completed"):
+        trackers = Trackers([JsonlTracker(), TensorboardTracker()])
+        trackers.start(RunInfo("r", tmp_path, cfg, start, {} if start else None, start > 0, rewind))
+        if not start:
+            trackers.log_params(cfg.flat())
+        for step in steps:
+            trackers.log_metrics({"train/loss": scale / step}, step)
+            if step % 4 == 0:
+                trackers.log_artifact(tmp_path, "checkpoints/last")
+        if stop is None:
+            trackers.abort()
+        else:
+            trackers.finish(Outcome(Stop(stop, "done.", steps[-1]), 4, 0.5))
+
+    attempt(0, range(1, 9), 1.0, stop="interrupted")
+    attempt(4, range(5, 11), 3.0, rewind=True)
+    scalars, texts, hparams = tensorboard_events(tmp_path)
+    assert scalars["train/loss"] == float32(metric_lines(tmp_path))
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 11)) and scalars["train/loss"][5][1] == 0.5
+    assert texts["stop_reason"][-1] == (10, "completed")  # text is a record: the first segment's stop may show too
+    assert hparams["training.lr"] == cfg.training.lr
+
+    attempt(6, range(0), 1.0, stop=None)
+    assert tensorboard_events(tmp_path)[0]["train/loss"] == scalars["train/loss"]

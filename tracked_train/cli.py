@@ -47,6 +47,16 @@ def _user_errors(fn):
 SET_HELP = "Override a config key, e.g. --set training.lr=3e-4 (repeatable; an empty value clears an optional key)."
 
 
+class _TrackerOption(click.Option):
+    """--tracker, whose help names the trackers installed: looked up only when help is shown (an entry-point scan)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from .trackers import available
+
+        names, text = super().get_help_record(ctx)
+        return names, f"{text} Available: {', '.join(available())}."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tracked-train")
 def main() -> None:
@@ -61,23 +71,29 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (see experiments/).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--tracker", "trackers", multiple=True, metavar="NAME",
+@click.option("--tracker", "trackers", multiple=True, metavar="NAME", cls=_TrackerOption,
               help="Tracker backend, repeatable (jsonl is always on; `null` alone records nothing).")
 @click.option("--run-name", help="Name of the run and its folder (default: from key settings and time).")
 @click.option("--output-dir", help="Folder holding run folders (default: runs/).")
 @click.option("--init-from", metavar="SOURCE",
               help="Start from the weights of a run folder, checkpoint, mlflow:RUN_ID or runs:/RUN_ID (fine-tuning).")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved config as YAML (secrets redacted) and exit; nothing is created.")
 @_user_errors
 def run(config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...], run_name: str | None,
-        output_dir: str | None, init_from: str | None) -> int:
+        output_dir: str | None, init_from: str | None, print_config: bool) -> int:
     """Train a model; leaves a resumable run folder in OUTPUT_DIR/RUN_NAME.
 
     Config precedence: --set and flags > TRACKED_TRAIN_<SECTION>_<KEY> environment > --config YAML > defaults.
+    MLflow's MLFLOW_EXPERIMENT_NAME sets tracking.experiment when none of them does.
     """
     from . import config
 
     cli = {"run.name": run_name, "run.output_dir": output_dir, "tracking.trackers": list(trackers) or None}
     cfg = config.resolve(config_file, list(sets), cli)
+    if print_config:
+        click.echo(config.to_yaml(cfg), nl=False)
+        return 0
     from . import runner
 
     return runner.start(cfg, init_from)

@@ -4,7 +4,9 @@ Every key is a dotted ``section.field`` name; YAML sections map to the
 dataclasses below, ``--set training.lr=3e-4`` and
 ``TRACKED_TRAIN_TRAINING_LR=3e-4`` address the same field. Validation happens
 here, before anything is created, and fails with a :class:`ConfigError` whose
-message is one line naming the key, the bad value and what is allowed.
+message is one line naming the key, the bad value and what is allowed. A
+misspelt ``TRACKED_TRAIN_*`` variable is such an error too, not ignored.
+MLflow's ``MLFLOW_EXPERIMENT_NAME`` names the experiment when nothing else does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 ENV_PREFIX = "TRACKED_TRAIN_"
+# The TRACKED_TRAIN_* variables the package reads that are not config keys. Every other one must
+# name a key (a typo is an error, not silently ignored), so a new variable of this kind goes here.
+NOT_CONFIG_ENV = frozenset({
+    "TRACKED_TRAIN_CACHE",  # tokenizer and token cache folder (tokenizer.py)
+    "TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S",  # MLflow sender's batching interval (mlflow/tracker.py)
+    "TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT",  # how long a run's end waits for the MLflow server
+    "TRACKED_TRAIN_WEBHOOK_URL",  # the webhook's URL: a secret, so not a config value (trackers/webhook.py)
+    "TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT",  # how long a run's end waits for the webhook
+    "TRACKED_TRAIN_SCREENSHOT_DIR",  # where tests/test_mlflow_ui.py copies its screenshot (the test's children see it)
+})
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
@@ -176,6 +188,9 @@ def _field_types() -> dict[str, tuple[Any, dataclasses.Field]]:
 
 
 FIELDS = _field_types()
+# Longest first: were there sections `early` and `early_stopping`, TRACKED_TRAIN_EARLY_STOPPING_PATIENCE
+# would belong to the second.
+_SECTIONS_LONGEST_FIRST = sorted((f.name for f in dataclasses.fields(Config)), key=len, reverse=True)
 
 
 def _unknown_key(key: str) -> ConfigError:
@@ -303,18 +318,42 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def env_name(key: str) -> str:
+    """``early_stopping.patience`` -> ``TRACKED_TRAIN_EARLY_STOPPING_PATIENCE``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _env_key(name: str) -> str | None:
+    """``TRACKED_TRAIN_EARLY_STOPPING_PATIENCE`` -> ``early_stopping.patience``; None without a known section."""
+    rest = name[len(ENV_PREFIX):].lower()
+    for sec in _SECTIONS_LONGEST_FIRST:
+        if rest.startswith(f"{sec}_"):
+            return f"{sec}.{rest[len(sec) + 1:]}"
+    return None
+
+
+def _unknown_env(name: str) -> ConfigError:
+    # Compared without the common prefix, which would make every name look alike.
+    known = {env_name(k)[len(ENV_PREFIX):]: k for k in FIELDS} | {v[len(ENV_PREFIX):]: None for v in NOT_CONFIG_ENV}
+    close = difflib.get_close_matches(name[len(ENV_PREFIX):], known, n=1, cutoff=0.6)
+    if close:
+        key = known[close[0]]
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}{f', for {key}' if key else ''}?)"
+    else:
+        hint = f"; {ENV_PREFIX}<SECTION>_<KEY> sets a config key, e.g. {env_name('training.lr')} for training.lr"
+    return ConfigError(f"unknown environment variable {name}{hint}")
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``TRACKED_TRAIN_TRAINING_MAX_STEPS=50`` -> ``{"training.max_steps": 50}``."""
+    """``TRACKED_TRAIN_TRAINING_MAX_STEPS=50`` -> ``{"training.max_steps": 50}``; unknown names are errors."""
     out = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
-        rest = name[len(ENV_PREFIX):].lower()
-        sec, _, key = rest.partition("_")
-        dotted = f"{sec}.{key}"
-        if dotted not in FIELDS:
-            continue  # other TRACKED_TRAIN_* variables (e.g. the cache folder) are not config
-        out[dotted] = parse_assignment(f"{dotted}={raw}")[1]
+        key = _env_key(name)
+        if key not in FIELDS:
+            raise _unknown_env(name)
+        out[key] = parse_assignment(f"{key}={raw}")[1]
     return out
 
 
@@ -338,11 +377,14 @@ def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = Non
 
 def resolve(config_file: str | None, sets: list[str], cli: Mapping[str, Any] | None = None,
             environ: Mapping[str, str] | None = None) -> Config:
-    """The one precedence rule: defaults < YAML < environment < CLI (--set, flags)."""
+    """The one precedence rule: defaults < MLFLOW_EXPERIMENT_NAME < YAML < environment < CLI (--set, flags)."""
+    env = os.environ if environ is None else environ
     layers: list[tuple[str, Mapping[str, Any]]] = []
+    if env.get("MLFLOW_EXPERIMENT_NAME"):  # MLflow's own variable, honoured as MLflow users expect
+        layers.append(("MLFLOW_EXPERIMENT_NAME", {"tracking.experiment": env["MLFLOW_EXPERIMENT_NAME"]}))
     if config_file:
         layers.append((str(config_file), load_yaml(config_file)))
-    layers.append(("environment", env_overrides(os.environ if environ is None else environ)))
+    layers.append(("environment", env_overrides(env)))
     layers.append(("--set", dict(parse_assignment(s) for s in sets)))
     if cli:
         layers.append(("command line", {k: v for k, v in cli.items() if v is not None}))
@@ -382,7 +424,12 @@ def from_dict(nested: Mapping[str, Mapping[str, Any]], source: str = "checkpoint
     return build([(source, flat)])
 
 
-def dump_yaml(cfg: Config, path: Path) -> None:
+def to_yaml(cfg: Config) -> str:
+    """The config as ``config.yaml`` holds it: sections in order, secrets redacted."""
     import yaml
 
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def dump_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(to_yaml(cfg))

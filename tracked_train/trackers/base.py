@@ -113,6 +113,7 @@ _BUILTIN: dict[str, str] = {
     "mlflow": "tracked_train.mlflow.tracker:MlflowTracker",
     "wandb": "tracked_train.trackers.wandb_tracker:WandbTracker",
     "webhook": "tracked_train.trackers.webhook:WebhookTracker",
+    "tensorboard": "tracked_train.trackers.tensorboard_tracker:TensorboardTracker",
 }
 _REGISTERED: dict[str, Callable[..., Tracker]] = {}
 ENTRY_POINT_GROUP = "tracked_train.trackers"
