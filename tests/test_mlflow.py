@@ -73,27 +73,17 @@ def test_params_metrics_tags_status(mlflow_server, completed):
     assert tags["mlflow.user"] and tags["torch.version"] and tags["mlflow.version"]
 
 
-def test_artifact_tree_and_model_flavor_generates(mlflow_server, completed):
-    import mlflow.pytorch
-    import sentencepiece as spm
-    import torch
-
+def test_artifact_tree(mlflow_server, completed):
     run_dir, run_id = completed
     client = mlflow_server.client()
     paths = set(all_artifacts(client, run_id))
     for kind in ["best", "last"]:
         assert {f"checkpoints/{kind}/{f}" for f in
                 ["checkpoint.pt", "manifest.json", "config.yaml", "tokenizer.model"]} <= paths
-    assert {"config.yaml", "tokenizer/tokenizer.model", "train.log", "loss_curve.png", "model/MLmodel"} <= paths
+    assert {"config.yaml", "tokenizer/tokenizer.model", "train.log", "loss_curve.png"} <= paths
     assert not any(p.startswith("checkpoints/last/") and "step" in p for p in paths)  # replaced, not piled up
-
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    tok_file = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/extra_files/tokenizer.model")
-    sp = spm.SentencePieceProcessor(model_file=tok_file)
-    out = model.generate(torch.tensor([sp.encode("Ada")]), 12, temperature=1.0, top_k=20)
-    assert out.shape == (1, len(sp.encode("Ada")) + 12)
-    assert len(sp.decode(out[0].tolist())) > 10
+    # The best model is a Logged Model (tests/test_model_outside.py), not a run artifact.
+    assert not any(p.startswith("model/") for p in paths)
 
 
 def test_no_secret_reaches_the_server(mlflow_server, completed, tmp_path):

@@ -59,7 +59,9 @@ def config(recs: list[dict]) -> dict:
 
 
 def flat_config(recs: list[dict]) -> dict:
-    return {f"{s}.{k}": v for s, vals in config(recs).items() if not s.startswith("_") for k, v in vals.items()}
+    """The run's config as dotted keys; W&B's own keys and the data splits (``datasets``) left out."""
+    return {f"{s}.{k}": v for s, vals in config(recs).items() if not s.startswith("_") and s != "datasets"
+            for k, v in vals.items()}
 
 
 def artifacts(recs: list[dict]) -> list[dict]:
@@ -111,6 +113,8 @@ def test_summary_config_and_exit(offline_run):
     logged = next(x["params"] for x in records(run_dir) if x.get("event") == "params")
     cfg = flat_config(recs)
     assert cfg == logged  # the nested config W&B shows is the flattened config every backend gets
+    splits = next(x["datasets"] for x in records(run_dir) if x.get("event") == "datasets")
+    assert {d["context"]: d for d in splits} == config(recs)["datasets"]  # the data splits, beside the config
     assert cfg["model.d_model"] == 64 and cfg["training.max_steps"] == 12 and cfg["training.lr"] == 0.001
     assert cfg["tracking.webhook_url"] == "***" and cfg["tracking.mlflow_uri"] == "http://127.0.0.1:1"
 

@@ -206,6 +206,18 @@ def load_weights(model: Any, weights: dict[str, Any], where: Path | str = "the c
                               f"({describe(e, 200)}); it is damaged or was edited") from None
 
 
+def restore_model(state: dict[str, Any], where: Path | str = "the checkpoint") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) of a :func:`load`-ed state: the model its config describes, its weights."""
+    from .model import GPT
+    from .tokenizer import Tokenizer
+    from .train import gpt_config
+
+    tok = Tokenizer(state["tokenizer"].numpy().tobytes())
+    model = GPT(gpt_config(config_of(state, where), tok.vocab_size))
+    load_weights(model, state["model"], where)
+    return model.eval(), tok
+
+
 def clean(checkpoints: Path) -> None:
     """Remove what an interrupted save left (``.last.tmp``, ``.best.old``) once the checkpoint it shadows is whole."""
     for leftover in list(Path(checkpoints).glob(".*.tmp")) + list(Path(checkpoints).glob(".*.old")):

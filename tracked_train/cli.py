@@ -129,9 +129,27 @@ def resume(source: str, sets: tuple[str, ...], which: str, fork: bool, allow_con
 @_user_errors
 def generate(source: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> int:
     """Sample text from SOURCE: a run folder (its best checkpoint), a checkpoint, mlflow:RUN_ID or runs:/RUN_ID."""
-    from .generate import generate as sample
+    from . import generate as sample
 
     click.echo(sample(source, prompt, max_new_tokens, temperature, top_k or None, seed))
+    return 0
+
+
+@main.command()
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["hf", "safetensors"]), default="hf", show_default=True,
+              help="hf: a transformers folder (AutoModelForCausalLM, GPT-2); safetensors: weights, config.json "
+                   "and tokenizer.model.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New folder to write.")
+@_user_errors
+def export(source: str, fmt: str, out: Path) -> int:
+    """Write SOURCE's model (best checkpoint, else last) for use elsewhere.
+
+    SOURCE is a run folder, a checkpoint folder, mlflow:RUN_ID or runs:/RUN_ID.
+    """
+    from .export import export as write
+
+    click.echo(f"wrote {write(source, fmt, out)}")
     return 0
 
 

@@ -90,7 +90,7 @@ def load_local(run_dir: Path) -> Run:
     """A run folder's record: metrics.jsonl, plus the MLflow run id from mlflow/state.json."""
     records = jsonl.read(run_dir / jsonl.FILENAME)
     params = next((r["params"] for r in reversed(records) if r.get("event") == "params"), {})
-    history = _local_history(records)
+    history = jsonl.history(records)
     stop = jsonl.last_stop(records)
     start, last = _time_span(records)
     tokens = history.get(TOKENS)
@@ -122,21 +122,6 @@ def _time_span(records: list[dict]) -> tuple[float | None, float | None]:
     times = [r["time"] for r in records if isinstance(r.get("time"), (int, float))]
     start = next((r["time"] for r in records if r.get("event") == "start" and "time" in r), None)
     return (start if start is not None else (times[0] if times else None)), (times[-1] if times else None)
-
-
-def _local_history(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    by_step: dict[str, dict[int, float]] = {}
-    for r in records:
-        if "event" in r or "step" not in r:
-            continue
-        for k, v in r.items():
-            if k in ("step", "time"):
-                continue
-            try:
-                by_step.setdefault(k, {})[int(r["step"])] = float(v)  # "nan"/"inf" strings too
-            except (TypeError, ValueError):
-                continue
-    return {k: sorted(v.items()) for k, v in by_step.items()}
 
 
 def _param_str(value: Any) -> str:

@@ -112,6 +112,8 @@ class TrackingConfig:
     mlflow_uri: str | None = None
     # false: train even if the tracking server is down at start, spooling events.
     required: bool = True
+    # MLflow Model Registry name for the best model (None: the Logged Model only, not registered).
+    register_model: str | None = None
     # W&B: None falls back to WANDB_PROJECT / WANDB_ENTITY, then project "tracked-train".
     wandb_project: str | None = None
     wandb_entity: str | None = None

@@ -173,11 +173,42 @@ class Batches:
             yield x, y
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One split as trackers record it: an MLflow dataset input, a W&B config entry, a metrics.jsonl event."""
+
+    context: str  # "training" | "validation"
+    name: str
+    source_type: str  # "local" (files), "hugging_face" (the hub), "code" (the built-in generator)
+    source: str  # file paths, hub name and config, or the generator's settings
+    digest: str  # sha256 of the split's lines, as `fingerprint` computes it
+    lines: int
+    chars: int
+
+
+def dataset_infos(cfg: DataConfig, train: list[str], valid: list[str], train_hash: str,
+                  valid_hash: str) -> tuple[DatasetInfo, ...]:
+    if cfg.source == "builtin":
+        kind, name = "code", "builtin"
+        sources = (f"tracked_train.corpus chars={cfg.builtin_chars} seed={cfg.builtin_seed}",) * 2
+    elif cfg.source == "text":
+        kind, name = "local", Path(cfg.train_files[0]).stem if cfg.train_files else "text"
+        held_out = f"last {cfg.val_split:g} of {', '.join(cfg.train_files)}"
+        sources = (", ".join(cfg.train_files), ", ".join(cfg.valid_files) if cfg.valid_files else held_out)
+    else:
+        kind, name = "hugging_face", f"{cfg.hf_name}" + (f"/{cfg.hf_config}" if cfg.hf_config else "")
+        sources = (f"{name} train", f"{name} validation")
+    return tuple(DatasetInfo(ctx, name, kind, src, digest, len(lines), sum(len(ln) + 1 for ln in lines))
+                 for ctx, src, digest, lines in (("training", sources[0], train_hash, train),
+                                                 ("validation", sources[1], valid_hash, valid)))
+
+
 @dataclass
 class Data:
     train: Batches
     valid: Batches
     valid_chars_per_token: float
+    datasets: tuple[DatasetInfo, ...] = ()
 
 
 def prepare(cfg: Config, tokenizer_from: bytes | None = None):
@@ -194,8 +225,9 @@ def prepare(cfg: Config, tokenizer_from: bytes | None = None):
     else:
         tok = train_tokenizer(train_lines, cfg.tokenizer, data_hash)
     tok_hash = hashlib.sha256(tok.model_bytes).hexdigest()[:16]
+    valid_hash = fingerprint(valid_lines)
     streams = []
-    for lines, lines_hash in ((train_lines, data_hash), (valid_lines, fingerprint(valid_lines))):
+    for lines, lines_hash in ((train_lines, data_hash), (valid_lines, valid_hash)):
         key = hashlib.sha256(f"{lines_hash}|{tok_hash}".encode()).hexdigest()[:24]
         cached = cache_dir() / "tokens" / f"{key}.npz"
         if cached.exists():
@@ -210,5 +242,6 @@ def prepare(cfg: Config, tokenizer_from: bytes | None = None):
         streams.append(s)
     train, valid = streams
     seq = cfg.model.seq_len
+    infos = dataset_infos(cfg.data, train_lines, valid_lines, data_hash, valid_hash)
     return Data(Batches(train, seq, cfg.training.seed), Batches(valid, seq, cfg.training.seed),
-                valid.chars_per_token), tok
+                valid.chars_per_token, infos), tok

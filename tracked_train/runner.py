@@ -175,6 +175,8 @@ def _open(a: Attempt):
                 (a.run_dir / "config_changes.json").write_text(a.tags["config_changes"])
                 trackers.log_artifact(a.run_dir / "config_changes.json", "config_changes.json")
         parts = _prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init)
+        if a.tracker_state is None or a.rewind:
+            trackers.log_datasets(parts.data.datasets)
         if a.new:
             trackers.log_artifact(a.run_dir / "config.yaml", "config.yaml")
             trackers.log_artifact(a.run_dir / "tokenizer", "tokenizer")
@@ -269,12 +271,11 @@ def _summary(parts, o: Outcome) -> None:
     if o.best_val_loss is not None:
         from .train import safe_exp
 
-        per_char = o.best_val_loss / parts.data.valid_chars_per_token
         floor = ""
         if parts.cfg.data.source == "builtin":
             from .corpus import entropy_rate
 
             floor = f"; the corpus floor is {entropy_rate():.3f}"
         log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s) at step %s", o.best_val_loss,
-                 safe_exp(o.best_val_loss), per_char, floor, o.best_step)
+                 safe_exp(o.best_val_loss), o.best_val_nats_per_char, floor, o.best_step)
     log.info("run folder: %s", parts.run_dir)

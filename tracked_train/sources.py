@@ -112,13 +112,23 @@ def init_weights(source: str, mlflow_uri: str | None) -> dict[str, Any]:
 
 
 def load_model(source: str | Path) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a checkpoint, verified and loaded weights-only."""
-    from .model import GPT
-    from .tokenizer import Tokenizer
-    from .train import gpt_config
+    """(model in eval mode, tokenizer) from ``source``'s best checkpoint (else last), verified, weights-only."""
+    return checkpoint.restore_model(init_weights(str(source), None), str(source))
 
-    state = init_weights(str(source), None)
-    tok = Tokenizer(state["tokenizer"].numpy().tobytes())
-    model = GPT(gpt_config(checkpoint.config_of(state), tok.vocab_size))
-    checkpoint.load_weights(model, state["model"], str(source))
-    return model.eval(), tok
+
+def metric_history(source: str) -> dict[str, list[tuple[int, float]]]:
+    """Each metric's points ``[(step, value)]``: a run folder's metrics.jsonl, or an MLflow run's history."""
+    r = parse(source)
+    if r.kind == "local":
+        from .trackers import jsonl
+
+        path = Path(r.value)
+        if not is_run_folder(path) or not (path / jsonl.FILENAME).is_file():
+            raise UserError(f"{source} is not a run folder (no {jsonl.FILENAME}); pass a run folder, "
+                            "mlflow:RUN_ID or runs:/RUN_ID")
+        return jsonl.history(jsonl.read(path / jsonl.FILENAME))
+    from .mlflow.store import Store
+
+    store = Store()
+    run = store.get(r.value)
+    return {key: store.history(r.value, key) for key in sorted(run.data.metrics)}

@@ -12,11 +12,12 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import TokenizerConfig
-from .errors import UserError
+if TYPE_CHECKING:  # the Tokenizer class travels alone inside MLflow models (see inference.py)
+    from .config import TokenizerConfig
 
 NEWLINE = "\n"
 
@@ -103,6 +104,8 @@ def train_tokenizer(lines: Sequence[str], cfg: TokenizerConfig, data_hash: str) 
             minloglevel=2,
         )
     except RuntimeError as e:
+        from .errors import UserError
+
         # e.g. "Vocabulary size too high (4000). Please set it to a value <= 1320."
         lines = [s for s in str(e).splitlines() if s.strip()]
         why = lines[-1].rsplit("] ", 1)[-1] if lines else type(e).__name__

@@ -391,4 +391,5 @@ def _outcome(p: Parts, stop: Stop) -> Outcome:
     final = sum(p.st.recent_losses) / len(p.st.recent_losses) if p.st.recent_losses else None
     drop, word = verdict(initial, final) if initial is not None and final is not None else (0.0, "not learning")
     best = p.stopper.best_loss if math.isfinite(p.stopper.best_loss) else None
-    return Outcome(stop, p.stopper.best_step, best, initial, final, drop, word)
+    per_char = best / p.data.valid_chars_per_token if best is not None else None
+    return Outcome(stop, p.stopper.best_step, best, initial, final, drop, word, per_char)

@@ -34,7 +34,9 @@ log = logging.getLogger("tracked_train")
 
 # Fields each event kind must carry; a line without them is quarantined, not retried forever.
 FIELDS = {"metrics": ("step", "t", "m"), "params": ("p",), "tags": ("tags",), "artifact": ("src", "dst"),
-          "model": ("src",), "figure": (), "create": ("t", "tags"), "delete": (), "end": ("status", "t")}
+          "model": ("src",), "figure": (), "create": ("t", "tags"), "inputs": ("d",),
+          "delete": (), "end": ("status", "t")}
+OPTIONAL = {"model": ("step", "m", "register")}  # the best step, its metrics, a Model Registry name
 BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
 
 
@@ -45,12 +47,13 @@ def check_event(e: dict[str, Any]) -> None:
     missing = [f for f in FIELDS[kind] if f not in e]
     if missing:
         raise BadEvent(f"{kind} event without {', '.join(missing)}")
-    types = {"step": int, "t": int, "m": dict, "p": dict, "tags": dict, "src": str, "dst": str, "status": str}
-    wrong = [f for f in FIELDS[kind] if not isinstance(e[f], types[f])]
+    types = {"step": int, "t": int, "m": dict, "p": dict, "tags": dict, "src": str, "dst": str, "status": str,
+             "d": list, "register": (str, type(None))}
+    wrong = [f for f in (*FIELDS[kind], *OPTIONAL.get(kind, ())) if f in e and not isinstance(e[f], types[f])]
     if wrong:
         raise BadEvent(f"{kind} event with a malformed {', '.join(wrong)}")
-    if kind == "metrics" and not all(isinstance(v, (int, float)) for v in e["m"].values()):
-        raise BadEvent("metrics event with a value that is not a number")
+    if not all(isinstance(v, (int, float)) for v in e.get("m", {}).values()):
+        raise BadEvent(f"{kind} event with a metric value that is not a number")
 
 
 class MlflowSink:
@@ -227,22 +230,31 @@ class MlflowSink:
             self.client.log_artifact(self.run_id, str(src), dst_dir or None)
 
     def _do_model(self, e: dict[str, Any]) -> None:
-        import mlflow.pytorch
-
-        from ..sources import load_model
+        from .logged_model import log_model
 
         self._require_run()
         if not (self.run_dir / e["src"]).exists():
             return
-        model, tok = load_model(self.run_dir / e["src"])
-        with tempfile.TemporaryDirectory() as tmp:
-            tok_file = Path(tmp) / "tokenizer.model"
-            tok_file.write_bytes(tok.model_bytes)
-            mlflow.pytorch.save_model(model, str(Path(tmp) / "model"), extra_files=[str(tok_file)],
-                                      serialization_format="pickle",
-                                      pip_requirements=[f"torch=={_torch_version()}", "sentencepiece",
-                                                        "tracked-train"])
-            self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model")
+        # A damaged snapshot raises CheckpointError, a refusal: the event is set aside in rejected.jsonl.
+        model_id = log_model(self.client, self.run_id, self.run_dir / e["src"], e["src"], e.get("m") or {},
+                             e.get("step", 0), e.get("register"))
+        log.info("mlflow: logged the best model as models:/%s", model_id)
+
+    def _do_inputs(self, e: dict[str, Any]) -> None:
+        """The data splits as MLflow dataset inputs (name, source, digest; context training/validation)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self._require_run()
+        inputs = []
+        for d in e["d"]:
+            profile = json.dumps({"lines": d["lines"], "chars": d["chars"], "sha256": d["digest"]})
+            # MLflow keeps at most 36 characters of a digest; the full sha256 is in the profile.
+            dataset = Dataset(d["name"], d["digest"][:32], d["source_type"], json.dumps({"uri": d["source"]}),
+                              profile=profile)
+            inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", d["context"])]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def _do_figure(self, e: dict[str, Any]) -> None:
         import matplotlib.pyplot as plt
@@ -282,9 +294,3 @@ def _line(e: Any) -> str:
         return json.dumps(e)
     except (TypeError, ValueError):
         return repr(e)
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__.split("+")[0]

@@ -24,8 +24,10 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, describe
 from ..redact import redact, strip_userinfo
@@ -34,6 +36,9 @@ from ..trackers.snapshot import snapshot
 from ..trackers.spool import QUARANTINE, REJECTED, SPOOL, STATE, Blocked, Sender, Spool
 from .client import DEFAULT_URI, tracking_uri
 from .sink import MlflowSink
+
+if TYPE_CHECKING:
+    from ..data import DatasetInfo
 
 log = logging.getLogger("tracked_train")
 
@@ -85,12 +90,12 @@ class MlflowTracker(Tracker):
         self._continuing = False
         self._status_before: str | None = None  # a reopened run's status, restored if this attempt never trains
         self._uploads: dict[str, Path] = {}  # artifact path -> its newest snapshot not yet known sent
+        self._register: str | None = None  # tracking.register_model
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
-        # We save the flavor with pickle on purpose (pt2 needs an input example); say so once, in the docs.
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         tc = run.config.tracking
+        self._register = tc.register_model
         uri = tracking_uri(tc.mlflow_uri)
         self.run_dir, self.run_name = run.run_dir, run.name
         folder = run.run_dir / FOLDER
@@ -238,6 +243,9 @@ class MlflowTracker(Tracker):
         self._last_step = step
         self.spool.append({"k": "metrics", "step": step, "t": _now_ms(), "m": metrics})
 
+    def log_datasets(self, datasets: Sequence[DatasetInfo]) -> None:
+        self.spool.append({"k": "inputs", "d": [asdict(d) for d in datasets]})
+
     def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
         self._seq += 1
         src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}"
@@ -259,7 +267,7 @@ class MlflowTracker(Tracker):
             return
         stop = outcome.stop
         try:
-            self._final_artifacts()
+            self._final_artifacts(outcome)
             self.set_tags({**outcome.tags(), "mlflow.note.content": stop.detail})
             self.spool.append({"k": "end", "status": stop.reason.status, "t": _now_ms()})
         except OSError as e:  # a full disk: the spool cannot take the ending, so say it to the server now
@@ -268,15 +276,18 @@ class MlflowTracker(Tracker):
             return
         self._close()
 
-    def _final_artifacts(self) -> None:
-        """The loss figure, the best model and train.log."""
+    def _final_artifacts(self, outcome: Outcome) -> None:
+        """The loss figure, the best model (with the best values as metrics, searchable) and train.log."""
         best = self.run_dir / "checkpoints" / "best"
         self.spool.append({"k": "figure", "title": self.run_name})
+        metrics, step = outcome.best_metrics(), outcome.best_step or 0
         if best.exists():
             self._seq += 1
             src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}-model"
             snapshot(best, self.run_dir / src)
-            self.spool.append({"k": "model", "src": str(src)})
+            self.spool.append({"k": "model", "src": str(src), "step": step, "m": metrics, "register": self._register})
+        elif metrics:
+            self.spool.append({"k": "metrics", "step": step, "t": _now_ms(), "m": metrics})
         log_file = self.run_dir / "train.log"
         if log_file.exists():
             self.log_artifact(log_file, "train.log")

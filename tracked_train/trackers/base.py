@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,6 +30,7 @@ from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..data import DatasetInfo
     from ..early_stopping import Stop
 
 log = logging.getLogger("tracked_train")
@@ -66,6 +67,16 @@ class Outcome:
     final_loss: float | None = None
     decrease_pct: float = 0.0
     verdict: str = "not learning"
+    best_val_nats_per_char: float | None = None
+
+    def best_metrics(self) -> dict[str, float]:
+        """The best checkpoint's values, as metrics a tracker can filter and sort runs by."""
+        if self.best_val_loss is None or self.best_step is None:
+            return {}
+        out = {"best/val_loss": self.best_val_loss, "best/step": float(self.best_step)}
+        if self.best_val_nats_per_char is not None:
+            out["best/val_nats_per_char"] = self.best_val_nats_per_char
+        return out
 
     def tags(self) -> dict[str, str]:
         """The end-of-run tags every backend records under the same names."""
@@ -98,6 +109,9 @@ class Tracker(ABC):
 
     @abstractmethod
     def finish(self, outcome: Outcome) -> None: ...
+
+    def log_datasets(self, datasets: Sequence[DatasetInfo]) -> None:
+        """Record the training and validation data (once per tracked run); backends without datasets skip it."""
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -206,6 +220,9 @@ class Trackers:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._each("set_tags", tags)
+
+    def log_datasets(self, datasets: Sequence[DatasetInfo]) -> None:
+        self._each("log_datasets", datasets)
 
     def finish(self, outcome: Outcome) -> None:
         self._each("finish", outcome)

@@ -13,10 +13,15 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .base import Outcome, RunInfo, Tracker
+
+if TYPE_CHECKING:
+    from ..data import DatasetInfo
 
 FILENAME = "metrics.jsonl"
 
@@ -39,6 +44,22 @@ def read(path: Path) -> list[dict]:
         if isinstance(record, dict) and isinstance(record.get("step", 0), int):
             out.append(record)
     return out
+
+
+def history(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Each metric's points ``[(step, value)]`` from :func:`read`'s records (the last value at a step wins)."""
+    by_step: dict[str, dict[int, float]] = {}
+    for r in records:
+        if "event" in r or "step" not in r:
+            continue
+        for k, v in r.items():
+            if k in ("step", "time"):
+                continue
+            try:
+                by_step.setdefault(k, {})[int(r["step"])] = float(v)  # "nan"/"inf" strings too
+            except (TypeError, ValueError):
+                continue
+    return {k: sorted(v.items()) for k, v in by_step.items()}
 
 
 def last_stop(records: list[dict]) -> dict | None:
@@ -103,6 +124,9 @@ class JsonlTracker(Tracker):
         self._write({"event": "artifact", "step": self._last_step, "path": artifact_path, **(metadata or {})})
         os.fsync(self._f.fileno())  # a checkpoint is a durability point for the record too
 
+    def log_datasets(self, datasets: Sequence[DatasetInfo]) -> None:
+        self._write({"event": "datasets", "step": self._last_step, "datasets": [asdict(d) for d in datasets]})
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self._write({"event": "tags", "step": self._last_step, "tags": tags})
 
@@ -112,6 +136,7 @@ class JsonlTracker(Tracker):
         s = outcome.stop
         self._write({"event": "stop", "reason": s.reason, "detail": s.detail, "step": s.step,
                      "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss,
+                     "best_val_nats_per_char": outcome.best_val_nats_per_char,
                      "initial_loss": outcome.initial_loss, "final_loss": outcome.final_loss,
                      "decrease_pct": outcome.decrease_pct, "verdict": outcome.verdict})
         os.fsync(self._f.fileno())

@@ -17,13 +17,18 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, describe
 from ..redact import redact
 from .base import Outcome, RunInfo, Tracker
 from .snapshot import remove, snapshot
+
+if TYPE_CHECKING:
+    from ..data import DatasetInfo
 
 log = logging.getLogger("tracked_train")
 
@@ -149,6 +154,10 @@ class WandbTracker(Tracker):
         if self._run is not None:
             self._run.config.update(_nested(redact(params)), allow_val_change=True)
 
+    def log_datasets(self, datasets: Sequence[DatasetInfo]) -> None:
+        if self._run is not None:  # W&B has no dataset inputs without artifacts: the digests go in the config
+            self._run.config.update({"datasets": {d.context: asdict(d) for d in datasets}}, allow_val_change=True)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         # W&B drops a step lower than one it has seen; the train and val calls of one step merge into one row.
         if self._run is None or step <= self._skip_through:
@@ -175,7 +184,8 @@ class WandbTracker(Tracker):
             return
         self._pump.close()  # every row is in before the summary is written
         stop = outcome.stop
-        numeric = {"stop_step": stop.step, "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss}
+        numeric = {"stop_step": stop.step, "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss,
+                   "best_val_nats_per_char": outcome.best_val_nats_per_char}
         summary = {**outcome.tags(), **numeric}  # the same names as MLflow's tags, numbers kept numbers
         self._run.summary.update({k: v for k, v in summary.items() if v not in (None, "")})
         self._close(stop.exit_code)
