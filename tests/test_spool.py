@@ -134,7 +134,10 @@ def test_events_with_malformed_fields_are_bad_events_not_retried_forever():
 
     for event in ({"k": "params", "p": None}, {"k": "artifact", "src": 5, "dst": "x"},
                   {"k": "metrics", "step": "1", "t": 1, "m": {}}, {"k": "metrics", "step": 1, "t": 1, "m": {"a": "x"}},
-                  {"k": "nope"}):
+                  {"k": "nope"}, {"k": "inputs", "d": [{"context": "training"}]}, {"k": "inputs", "d": ["x"]},
+                  {"k": "model", "src": "s", "m": {"best/val_loss": "low"}}):
         with pytest.raises(BadEvent):
             check_event(event)
     check_event({"k": "metrics", "step": 1, "t": 1, "m": {"a": 1.5}})
+    check_event({"k": "inputs", "d": [{"context": "training", "name": "n", "source_type": "code", "source": "s",
+                                       "digest": "ab", "lines": 1, "chars": 2}]})

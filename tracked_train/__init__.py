@@ -65,5 +65,4 @@ def history(source: str | os.PathLike) -> pandas.DataFrame:
     points = metric_history(os.fspath(source))
     columns = {key: dict(values) for key, values in points.items()}
     steps = sorted({s for values in columns.values() for s in values})
-    frame = pd.DataFrame({"step": steps, **{k: [v.get(s, float("nan")) for s in steps] for k, v in columns.items()}})
-    return frame
+    return pd.DataFrame({"step": steps, **{k: [v.get(s, float("nan")) for s in steps] for k, v in columns.items()}})

@@ -37,6 +37,8 @@ FIELDS = {"metrics": ("step", "t", "m"), "params": ("p",), "tags": ("tags",), "a
           "model": ("src",), "figure": (), "create": ("t", "tags"), "inputs": ("d",),
           "delete": (), "end": ("status", "t")}
 OPTIONAL = {"model": ("step", "m", "register")}  # the best step, its metrics, a Model Registry name
+SPLIT_FIELDS = (("context", str), ("name", str), ("source_type", str), ("source", str), ("digest", str),
+                ("lines", int), ("chars", int))  # data.DatasetInfo, as an inputs event carries it
 BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
 
 
@@ -54,6 +56,10 @@ def check_event(e: dict[str, Any]) -> None:
         raise BadEvent(f"{kind} event with a malformed {', '.join(wrong)}")
     if not all(isinstance(v, (int, float)) for v in e.get("m", {}).values()):
         raise BadEvent(f"{kind} event with a metric value that is not a number")
+    # A split missing a field would fail in _do_inputs on every retry: quarantine it here instead.
+    if kind == "inputs" and not all(isinstance(d, dict) and all(isinstance(d.get(f), t) for f, t in SPLIT_FIELDS)
+                                    for d in e["d"]):
+        raise BadEvent("inputs event with a malformed data split")
 
 
 class MlflowSink:
