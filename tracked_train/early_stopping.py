@@ -20,6 +20,7 @@ class StopReason(str, Enum):
     TIME_BUDGET = "time_budget"
     DIVERGED = "diverged"
     INTERRUPTED = "interrupted"
+    PRUNED = "pruned"  # a sweep's pruner judged the run hopeless against the other trials
     FAILED = "failed"
 
     def __str__(self) -> str:  # "patience", not "StopReason.PATIENCE", in messages and tags

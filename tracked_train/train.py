@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,8 @@ class Parts:
     device: str
     amp: Any  # () -> autocast context
     st: LoopState
+    # Called after each evaluation with (step, val metrics); a Stop ends the run (a sweep's pruner, say).
+    judge: Callable[[int, dict[str, float]], Stop | None] | None = None
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -185,7 +188,8 @@ def keep_freed_memory() -> bool:
 
 
 def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers: Trackers,
-          state: dict[str, Any] | None = None) -> Parts:
+          state: dict[str, Any] | None = None,
+          judge: Callable[[int, dict[str, float]], Stop | None] | None = None) -> Parts:
     """Model, optimizer and loop state: fresh from the seed, or restored from ``state``."""
     t = cfg.training
     dist = distributed.current()
@@ -240,7 +244,7 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
             rng = state["rng_per_rank"][dist.rank]
         _set_rng_state(rng)  # last, so nothing above consumes the restored streams
     return Parts(cfg, run_dir, model, forward, optimizer, scaler, stopper, data, tokenizer, trackers,
-                 device, amp, st)
+                 device, amp, st, judge)
 
 
 def train_step(p: Parts) -> tuple[float, float]:
@@ -368,6 +372,8 @@ def _evaluate_and_save_best(p: Parts, progress: Progress) -> Stop | None:
     p.st.last_eval_step = p.st.step
     p.trackers.log_metrics(val, p.st.step)
     improved, stop = p.stopper.on_eval(p.st.step, val["val/loss"])
+    if stop is None and p.judge is not None:
+        stop = p.judge(p.st.step, val)
     log.info("eval step %d | val loss %.4f | val ppl %.2f | %.3f nats/char%s | %s", p.st.step, val["val/loss"],
              val["val/perplexity"], val["val/nats_per_char"], " | new best" if improved else "",
              progress.status_line())
