@@ -83,6 +83,10 @@ class TrainingConfig:
     lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
     min_lr: float = field(default=1e-4, metadata=_range(0.0, 10.0))
     warmup_steps: int = field(default=20, metadata=_range(0, 10**12))
+    # After warmup: cosine to min_lr, or wsd (constant, then linear to min_lr over the last decay_frac
+    # of the steps, or of the time budget). Either ends at max_steps, or where time_budget_s runs out.
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_frac: float = field(default=0.2, metadata=_range(0.0, 1.0, lo_open=True))
     weight_decay: float = field(default=0.1, metadata=_range(0.0, 10.0))
     grad_clip: float | None = field(default=1.0, metadata=_range(0.0, 1e6, lo_open=True))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -100,10 +100,10 @@ def memory_mib() -> tuple[str, float]:
 def peak_tflops(configured: float | None, device: str) -> float | None:
     if configured is not None:
         return configured
-    if device == "cuda":
+    if device.startswith("cuda"):  # "cuda:0" under torchrun
         import torch
 
-        name = torch.cuda.get_device_name()
+        name = torch.cuda.get_device_name(device)
         for key, value in _KNOWN_PEAK_TFLOPS.items():
             if key in name:
                 return value
@@ -134,6 +134,12 @@ class Progress:
             self._task = self._bar.add_task("train", total=total_steps, completed=start_step, stats="")
             self._bar.start()
             _ConsoleHandler.rich_console = self._bar.console
+
+    def set_total(self, total_steps: int) -> None:
+        """A time budget's planned steps replace ``max_steps`` as the total."""
+        self.total = total_steps
+        if self._bar is not None:
+            self._bar.update(self._task, total=total_steps)
 
     def update(self, step: int, loss: float, lr: float, tok_s: float, tokens_seen: int) -> None:
         self.last = {"step": step, "loss": loss, "lr": lr, "tok_s": tok_s, "tokens_seen": tokens_seen}

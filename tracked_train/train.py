@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine, clipping, accumulation, AMP.
+"""The training loop: AdamW, the LR schedule of :mod:`schedule`, clipping, accumulation, AMP.
 
 :func:`train` builds the model and optimizer (or restores them from a
 checkpoint), then runs the loop in :func:`_loop`, which reads top to bottom:
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, distributed
-from .config import Config, TrainingConfig
+from . import checkpoint, distributed, schedule
+from .config import Config
 from .console import Progress, peak_tflops
 from .data import Data
 from .early_stopping import EarlyStopping, Stop, StopReason, completed, verdict
@@ -58,14 +58,6 @@ def pick_precision(choice: str, device: str) -> str:
     return "fp32"
 
 
-def lr_at(step: int, t: TrainingConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
-    if step <= t.warmup_steps:
-        return t.lr * step / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def gpt_config(cfg: Config, vocab_size: int) -> GPTConfig:
     m = cfg.model
     return GPTConfig(vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads or m.n_heads, m.seq_len, m.dropout)
@@ -86,6 +78,12 @@ class LoopState:
     first_losses: list[float] = field(default_factory=list)
     recent_losses: list[float] = field(default_factory=list)
     last_eval_step: int = 0
+    plan: schedule.Plan | None = None  # a time budget's step plan (None: the schedule runs over max_steps)
+    pace_from: tuple[int, float] | None = None  # (step, elapsed_s) after the first step: speed is measured from here
+
+    def __post_init__(self) -> None:
+        if isinstance(self.plan, dict):  # as asdict() saved it in a checkpoint
+            self.plan = schedule.Plan(**self.plan)
 
     def record_loss(self, loss: float) -> None:
         if len(self.first_losses) < 5:
@@ -137,7 +135,7 @@ class Parts:
             "loop": asdict(self.st),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"kind": "warmup_cosine", "step": self.st.step},
+            "scheduler": {"kind": self.cfg.training.schedule, "step": self.st.step},
             "scaler": self.scaler.state_dict(),
             "early_stopping": self.stopper.state_dict(),
             "rng": _rng_state(),
@@ -300,7 +298,8 @@ def evaluate(p: Parts) -> dict[str, float]:
 def train(p: Parts) -> Outcome:
     """Run the loop to a stop; always leaves a resumable ``last`` (except on divergence)."""
     mode = p.cfg.console.progress if distributed.current().is_main else "off"
-    progress = Progress(p.cfg.training.max_steps, p.st.step, mode,
+    total = p.st.plan.end_step if p.st.plan is not None else p.cfg.training.max_steps
+    progress = Progress(total, p.st.step, mode,
                         p.model.flops_per_token(), peak_tflops(p.cfg.console.peak_tflops, p.device))
     try:
         with Interrupts() as interrupts:
@@ -315,11 +314,12 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
     tokens_per_step = t.batch_size * t.grad_accum * p.cfg.model.seq_len
     p.model.train()
     clock = time.perf_counter() - p.st.elapsed_s
+    reserve = Reserve()
     stop: Stop | None = None if p.st.step < t.max_steps else completed(p.st.step, t.max_steps)
     while stop is None:
         step = p.st.step + 1
         t0 = time.perf_counter()
-        lr = lr_at(step, t)
+        lr = schedule.lr_at(step, t, p.st.plan)
         for group in p.optimizer.param_groups:
             group["lr"] = lr
         loss, grad_norm = train_step(p)
@@ -335,11 +335,18 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
 
         stop = p.stopper.on_train_loss(step, loss)
         if stop is None and (step % t.eval_every == 0 or step == t.max_steps):
-            stop = _evaluate_and_save_best(p, progress)
+            with reserve.timing("eval"):
+                stop = _evaluate_and_save_best(p, progress)
         p.st.elapsed_s = time.perf_counter() - clock
+        if t.time_budget_s is not None:
+            _plan_budget(p, reserve.seconds(), progress)
         time_stop = EarlyStopping.check_time(step, p.st.elapsed_s, t.time_budget_s)
+        planned_end = p.st.plan.end_step if p.st.plan is not None else t.max_steps
+        if time_stop is None and planned_end <= step < t.max_steps:
+            time_stop = Stop(StopReason.TIME_BUDGET, f"Used the time budget of {t.time_budget_s:g} s: "
+                             f"{step} steps, as planned from the measured speed ({p.st.elapsed_s:.1f} s).", step)
         out_of_time, interrupted = _agree(time_stop is not None, interrupts.requested is not None)
-        if stop is None and out_of_time:  # this rank's clock, or (under torchrun) another rank's
+        if stop is None and out_of_time:  # this rank's clock or plan, or (under torchrun) another rank's
             stop = time_stop or EarlyStopping.check_time(step, t.time_budget_s, t.time_budget_s)
         if stop is None and interrupted:
             stop = Stop(StopReason.INTERRUPTED, f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
@@ -356,8 +363,42 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
             log.warning("not overwriting checkpoints/last with diverged weights; it holds step %s",
                         saved_step(p.run_dir))
         elif stop is not None or step % t.checkpoint_every == 0:
-            p.save("last")
+            with reserve.timing("save"):
+                p.save("last")
     return stop
+
+
+class Reserve:
+    """The seconds a budgeted run keeps for its ending: the last evaluation and checkpoint, as last measured."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timing(self, what: str):
+        t0 = time.perf_counter()
+        yield
+        self.last[what] = time.perf_counter() - t0
+
+    def seconds(self) -> float:
+        return sum(self.last.values())
+
+
+def _plan_budget(p: Parts, reserve_s: float, progress: Progress) -> None:
+    """Fit the schedule to the time budget (:mod:`schedule`); every rank computes the same plan."""
+    t, st = p.cfg.training, p.st
+    if st.pace_from is None:
+        st.pace_from = (st.step, st.elapsed_s)  # the first step (allocations, compilation) is not typical
+        return
+    if not schedule.due(st.plan, st.step, st.elapsed_s, t.time_budget_s, st.last_eval_step == st.step):
+        return
+    s_per_step = (st.elapsed_s - st.pace_from[1]) / max(1, st.step - st.pace_from[0])
+    if distributed.current().enabled:  # the slowest rank sets the pace, so all ranks plan alike
+        s_per_step, reserve_s, elapsed = distributed.all_reduce([s_per_step, reserve_s, st.elapsed_s], op="max")
+    else:
+        elapsed = st.elapsed_s
+    st.plan = schedule.replan(st.plan, st.step, elapsed, s_per_step, t.time_budget_s, reserve_s, t)
+    progress.set_total(st.plan.end_step)
 
 
 def _agree(*flags: bool) -> list[bool]:
