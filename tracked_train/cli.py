@@ -68,7 +68,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def _overrides(positional: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
+    """Positional KEY=VALUE (as sweep agents pass them) first, then --set: the later one wins."""
+    for arg in positional:
+        if "=" not in arg:
+            raise UserError(f"unexpected argument {arg!r}; overrides are KEY=VALUE, e.g. training.lr=3e-4")
+    return [*positional, *sets]
+
+
 @main.command()
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (see experiments/).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--tracker", "trackers", multiple=True, metavar="NAME", cls=_TrackerOption,
@@ -80,17 +89,19 @@ def main() -> None:
 @click.option("--print-config", is_flag=True,
               help="Print the resolved config as YAML (secrets redacted) and exit; nothing is created.")
 @_user_errors
-def run(config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...], run_name: str | None,
-        output_dir: str | None, init_from: str | None, print_config: bool) -> int:
+def run(overrides: tuple[str, ...], config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...],
+        run_name: str | None, output_dir: str | None, init_from: str | None, print_config: bool) -> int:
     """Train a model; leaves a resumable run folder in OUTPUT_DIR/RUN_NAME.
 
-    Config precedence: --set and flags > TRACKED_TRAIN_<SECTION>_<KEY> environment > --config YAML > defaults.
-    MLflow's MLFLOW_EXPERIMENT_NAME sets tracking.experiment when none of them does.
+    KEY=VALUE arguments override config keys like --set (training.lr=3e-4 model.d_model=128), as sweep
+    agents such as W&B's pass them. Config precedence: KEY=VALUE, --set and flags >
+    TRACKED_TRAIN_<SECTION>_<KEY> environment > --config YAML > defaults. MLflow's MLFLOW_EXPERIMENT_NAME
+    sets tracking.experiment when none of them does.
     """
     from . import config
 
     cli = {"run.name": run_name, "run.output_dir": output_dir, "tracking.trackers": list(trackers) or None}
-    cfg = config.resolve(config_file, list(sets), cli)
+    cfg = config.resolve(config_file, _overrides(overrides, sets), cli)
     if print_config:
         click.echo(config.to_yaml(cfg), nl=False)
         return 0
@@ -182,9 +193,14 @@ def sync(run_dir: Path) -> int:
 @click.option("--experiment", help="MLflow experiment (default: tracking.experiment's default, tracked-train).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--output-dir", default="runs", show_default=True, help="Folder of local run folders to include.")
+@click.option("--sweep", "study", metavar="NAME", help="Only the trials of sweep NAME, in trial order.")
 @_user_errors
-def runs(experiment: str | None, fmt: str, output_dir: str) -> int:
+def runs(experiment: str | None, fmt: str, output_dir: str, study: str | None) -> int:
     """List runs, newest first: MLflow (MLFLOW_TRACKING_URI or the embedded store) and local run folders."""
+    if study:
+        from .sweep.refs import runs_table
+
+        return runs_table(study, experiment, Path(output_dir), fmt)
     from .compare import runs_command
 
     return runs_command(experiment, fmt, output_dir)
@@ -200,8 +216,50 @@ def runs(experiment: str | None, fmt: str, output_dir: str) -> int:
 def compare(refs: tuple[str, ...], plot: str | None, x_axis: str, fmt: str, output_dir: str) -> int:
     """Compare runs: the params that differ, best and final metrics side by side, stop reasons.
 
-    REFS are run names, MLflow run ids, mlflow:ID, runs:/ID or run folders.
+    REFS are run names, MLflow run ids, mlflow:ID, runs:/ID, run folders, or sweep:NAME for every trial of a sweep.
     """
     from .compare import compare_command
 
+    if any(r.startswith("sweep:") for r in refs):
+        from .sweep.refs import expand
+
+        refs = tuple(expand(list(refs), Path(output_dir)))
     return compare_command(list(refs), plot, x_axis, fmt, output_dir)
+
+
+@main.command()
+@click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False),
+              help="YAML mapping config keys to distributions, e.g. 'training.lr: {log_uniform: [1.0e-4, 3.0e-2]}'.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Base YAML config every trial starts from.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--tracker", "trackers", multiple=True, metavar="NAME", cls=_TrackerOption,
+              help="Tracker backend for every trial, repeatable; with mlflow the sweep is a parent run.")
+@click.option("--output-dir", help="Folder holding the trials' run folders (default: runs/).")
+@click.option("--trials", default=20, show_default=True, type=int,
+              help="Complete or pruned trials the study needs, shared by all workers.")
+@click.option("--study", help="Study name; workers with the same --study and --storage share it (default: the space "
+                              "file's name).")
+@click.option("--storage", metavar="URL", help="Optuna storage: sqlite:///FILE.db on one machine, any SQLAlchemy URL "
+                                               "(postgresql://...) across machines (default: sqlite:///sweeps.db).")
+@click.option("--seed", type=int, help="Seed the sampler (TPE): the same seed gives the same trials.")
+@click.option("--pruner", default="median", show_default=True, metavar="median|hyperband|none",
+              help="What stops hopeless trials after an evaluation.")
+@click.option("--pruner-warmup-trials", "warmup_trials", default=2, show_default=True, type=int,
+              help="Complete trials before the pruner judges any.")
+@click.option("--heartbeat", "heartbeat_s", default=10, show_default=True, type=int,
+              help="Seconds between a running trial's heartbeats; a trial silent for 3 of them is failed and rerun.")
+@_user_errors
+def sweep(space_file: str, config_file: str | None, sets: tuple[str, ...], trackers: tuple[str, ...],
+          output_dir: str | None, trials: int, study: str | None, storage: str | None, seed: int | None, pruner: str,
+          warmup_trials: int, heartbeat_s: int) -> int:
+    """Search hyperparameters with Optuna; every trial is a normal tracked run, hopeless ones are pruned.
+
+    Run the same command in more processes or on more machines (same --study and --storage) to share the
+    trials; run it again to continue the study. See docs/sweeps.md.
+    """
+    from .sweep import Options
+    from .sweep import sweep as run_sweep
+
+    return run_sweep(Options(space_file, config_file, sets, trackers, output_dir, trials, study, storage, seed,
+                             pruner, warmup_trials, heartbeat_s))

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from .trackers import Outcome, RunInfo, Trackers
 log = logging.getLogger("tracked_train")
 
 TRACKERS_FILE = "trackers.json"
+# Called after each evaluation with (step, val metrics); a returned Stop ends the run (see train.Parts.judge).
+Judge = Callable[[int, dict[str, float]], Stop | None]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Attempt:
     rewind: bool = False  # an inexact resume: the steps after the checkpoint get new values
     tags: dict[str, str] = field(default_factory=dict)
     install_last: Path | None = None  # `--from best`: the checkpoint that becomes `last` once trackers are up
+    judge: Judge | None = None  # after each evaluation: a Stop ends the run (a sweep's pruner)
 
     @property
     def start_step(self) -> int:
@@ -96,8 +100,13 @@ def _check_world(cfg: Config) -> None:
         logging.getLogger("tracked_train").setLevel(logging.WARNING)  # rank 0 speaks for the run
 
 
-def start(cfg: Config, init_from: str | None = None) -> int:
-    """``tracked-train run``: a new run, optionally from a logged model's weights. Returns the exit code."""
+def start(cfg: Config, init_from: str | None = None, *, judge: Judge | None = None,
+          tags: dict[str, str] | None = None) -> int:
+    """``tracked-train run``: a new run, optionally from a logged model's weights. Returns the exit code.
+
+    ``judge`` (every rank passes one, they must agree) may end the run after an evaluation; ``tags`` go to
+    every tracker (a sweep's trial names its parent run with them).
+    """
     _check_world(cfg)
     if not distributed.current().is_main:
         opened = distributed.broadcast(None)  # rank 0 names the run and makes its folder
@@ -105,10 +114,12 @@ def start(cfg: Config, init_from: str | None = None) -> int:
             return 2  # rank 0 reported the problem
         cfg, run_dir, tokenizer = opened
         init = {"tokenizer": tokenizer} if tokenizer is not None else None  # DDP broadcasts rank 0's weights
-        return _run(_prepare(cfg, run_dir, Trackers([]), init=init))
+        return _run(_prepare(cfg, run_dir, Trackers([]), init=init, judge=judge))
     attempt = None
     try:
         attempt = _new_attempt(cfg, init_from)
+        attempt.judge = judge
+        attempt.tags.update(tags or {})
     finally:
         distributed.broadcast(None if attempt is None else (
             attempt.cfg, attempt.run_dir, attempt.init["tokenizer"] if attempt.init else None))
@@ -174,7 +185,7 @@ def _open(a: Attempt):
             if "config_changes" in a.tags:
                 (a.run_dir / "config_changes.json").write_text(a.tags["config_changes"])
                 trackers.log_artifact(a.run_dir / "config_changes.json", "config_changes.json")
-        parts = _prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init)
+        parts = _prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init, judge=a.judge)
         if a.tracker_state is None or a.rewind:
             trackers.log_datasets(parts.data.datasets)
         if a.new:
@@ -214,7 +225,7 @@ def read_tracker_state(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,
-             init: dict[str, Any] | None = None):
+             init: dict[str, Any] | None = None, judge: Judge | None = None):
     """Data, tokenizer and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
     from .checkpoint import load_weights
     from .data import prepare
@@ -234,7 +245,7 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
 
         log.info("built-in corpus: entropy rate %.3f nats/char, the lowest loss any model can reach",
                  entropy_rate())
-    parts = build(cfg, run_dir, data, tok, trackers, resume_from)
+    parts = build(cfg, run_dir, data, tok, trackers, resume_from, judge=judge)
     if init is not None and "model" in init:
         load_weights(parts.model, init["model"], "the --init-from checkpoint")
         log.info("initialised the model from the weights of step %d", init["step"])

@@ -1,0 +1,121 @@
+"""What a sweep shows: its trials as rows, the best trial, a CSV, a Markdown table and a plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+# Optuna user attrs a trial carries (set by the worker that ran it).
+RUN_ATTR, RUN_DIR_ATTR, MLFLOW_ATTR = "run_name", "run_dir", "mlflow_run_id"
+REASON_ATTR, DETAIL_ATTR = "stop_reason", "stop_detail"
+MAX_NOTE_ROWS = 200
+
+
+def rows(optuna: Any, study: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """One dict per trial, in trial order: number, state, value, stop reason, run, then the params."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.value
+        if value is None and t.intermediate_values:  # a pruned or failed trial: its last reported value
+            value = t.intermediate_values[max(t.intermediate_values)]
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+            t.datetime_start else None
+        out.append({
+            "trial": t.number, "state": t.state.name.lower(), "val_loss": value,
+            "stop_reason": t.user_attrs.get(REASON_ATTR, ""), "run": t.user_attrs.get(RUN_ATTR, ""),
+            "mlflow_run_id": t.user_attrs.get(MLFLOW_ATTR, ""),
+            "duration_s": None if duration is None else round(duration, 1),
+            **{k: t.params.get(k) for k in keys},
+        })
+    return out
+
+
+def best(optuna: Any, study: Any) -> dict[str, Any] | None:
+    """The complete trial with the lowest value, or None before the first one."""
+    S = optuna.trial.TrialState
+    done = [t for t in study.get_trials(deepcopy=False, states=(S.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    if not done:
+        return None
+    t = min(done, key=lambda t: (t.value, t.number))
+    return {"number": t.number, "value": t.value, "params": dict(t.params), "run": t.user_attrs.get(RUN_ATTR),
+            "run_dir": t.user_attrs.get(RUN_DIR_ATTR), "mlflow_run_id": t.user_attrs.get(MLFLOW_ATTR)}
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"
+    return str(v)
+
+
+def to_csv(table: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if table:
+        w = csv.DictWriter(buf, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    return buf.getvalue()
+
+
+def _columns(table: list[dict[str, Any]]) -> list[str]:
+    return [c for c in table[0] if c not in ("mlflow_run_id", "duration_s")] if table else []
+
+
+def to_markdown(title: str, table: list[dict[str, Any]], top: dict[str, Any] | None) -> str:
+    """The parent run's note: the best trial, then every trial (MLflow renders it on the run's page)."""
+    lines = [f"### {title}", ""]
+    if top is not None:
+        shown = ", ".join(f"`{k}={_cell(v)}`" for k, v in top["params"].items())
+        lines += [f"**Best:** trial {top['number']} ({top['run']}), val/loss **{top['value']:.4f}**: {shown}", ""]
+    cols = _columns(table)
+    if cols:
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in table[:MAX_NOTE_ROWS]]
+        if len(table) > MAX_NOTE_ROWS:
+            lines.append(f"\n({len(table) - MAX_NOTE_ROWS} more trials in trials.csv)")
+    return "\n".join(lines)
+
+
+def to_text(table: list[dict[str, Any]]) -> str:
+    """The trials as an aligned plain-text table for the console."""
+    cols = _columns(table)
+    if not cols:
+        return ""
+    cells = [cols] + [[_cell(r[c]) for c in cols] for r in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def figure(title: str, table: list[dict[str, Any]]) -> Any:
+    """val/loss of every trial against its number (pruned and failed marked), and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    styles = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:orange"), "fail": ("s", "tab:gray")}
+    for state, (marker, color) in styles.items():
+        pts = [(r["trial"], r["val_loss"]) for r in table
+               if r["state"] == state and r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, color=color, label=f"{state} ({len(pts)})", zorder=3)
+    best, line = math.inf, []
+    for r in table:
+        if r["state"] == "complete" and r["val_loss"] is not None and r["val_loss"] < best:
+            best = r["val_loss"]
+        if math.isfinite(best):
+            line.append((r["trial"], best))
+    if line:
+        ax.step(*zip(*line), where="post", color="tab:green", label="best so far", linewidth=1.5)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val/loss (best of the trial; last reported if pruned)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

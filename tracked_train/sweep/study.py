@@ -1,0 +1,200 @@
+"""The Optuna side of a sweep: storage, study, sampler, pruner, heartbeats, and what a trial's end means.
+
+All Optuna calls live here (the training loop only sees a judge callable).
+Workers share a study through its storage, an SQLAlchemy database: a SQLite
+file on one machine, PostgreSQL or MySQL across machines. A worker records a
+heartbeat for its running trial; a trial whose heartbeat stops (the worker was
+killed) is failed by whichever worker looks next, and its params are queued
+once more, so the study neither loses the trial nor counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, describe
+from ..redact import strip_userinfo
+
+log = logging.getLogger("tracked_train")
+
+PRUNERS = ("median", "hyperband", "none")
+# SQLAlchemy dialects (``dialect+driver://``) Optuna's RDB storage runs on.
+_DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
+SPACE_ATTR = "tracked_train.space"  # the space the study was created with: a continued study must match
+PARENT_ATTR = "tracked_train.mlflow_parent_run_id"
+# A worker that dies is noticed after this many heartbeats without one.
+GRACE_HEARTBEATS = 3
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse what no SQLAlchemy database is, before anything is created."""
+    dialect = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if dialect not in _DIALECTS:
+        raise UserError(f"--storage {strip_userinfo(url)!r} is not a database URL; use sqlite:///sweeps.db on one "
+                        "machine or postgresql://user@host/db (any SQLAlchemy URL) across machines")
+    if dialect == "sqlite":
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if not path or path == ":memory:":
+            raise UserError(f"--storage {url!r} names no file; workers share a study through a file, e.g. "
+                            "sqlite:///sweeps.db")
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise UserError(f"--storage {url!r}: folder {folder} does not exist; create it or choose another path")
+
+
+def import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("the sweep command needs optuna: pip install 'tracked-train[sweep]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our console lines say what happens
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+    # We beat ourselves (Heartbeat below) around ask and tell instead of Study.optimize's thread.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    return optuna
+
+
+def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None]) -> Any:
+    """Optuna's RDB storage with heartbeats; an unreachable or unusable database is bad input (exit 2)."""
+    optuna = import_optuna()
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several workers write one file: wait for its lock instead of failing at once (SQLite's 5 s default).
+        engine = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                          grace_period=GRACE_HEARTBEATS * heartbeat_s,
+                                          heartbeat_stale_trial_callback=on_stale)
+    except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
+        raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check --storage "
+                        "(and that its database driver is installed)") from None
+
+
+def open_study(optuna: Any, storage: Any, name: str, pruner: Any) -> tuple[Any, bool]:
+    """(study, created by this call). Creation is atomic in the database: exactly one worker creates."""
+    try:
+        return optuna.create_study(storage=storage, study_name=name, direction="minimize", pruner=pruner), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=name, pruner=pruner)
+        if study.direction != optuna.study.StudyDirection.MINIMIZE:
+            raise UserError(f"study '{name}' maximises; a tracked-train sweep minimises val/loss: use another "
+                            "--study") from None
+        return study, False
+
+
+def make_pruner(optuna: Any, name: str, warmup_trials: int, eval_every: int, max_steps: int) -> Any:
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=warmup_trials)
+    # Resources are training steps: the first rung is the first evaluation, the last the end of the run.
+    inner = optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=max(max_steps, eval_every),
+                                           reduction_factor=3)
+    return _after_warmup(optuna, inner, warmup_trials)
+
+
+def _after_warmup(optuna: Any, inner: Any, warmup_trials: int) -> Any:
+    """Hyperband has no startup count of its own: judge nothing until ``warmup_trials`` trials finished."""
+
+    class AfterWarmup(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            return len(done) >= warmup_trials and inner.prune(study, trial)
+
+    return AfterWarmup()
+
+
+def make_sampler(optuna: Any, seed: int | None, number: int, trials: int) -> Any:
+    """TPE, seeded per trial number: with --seed, trial k's params depend only on the seed and on the
+    trials finished before it (workers sharing one seed would otherwise all draw the same params)."""
+    trial_seed = None if seed is None else (seed * 1_000_003 + number) % 2**32
+    # TPE samples at random for its first trials; Optuna's 10 would be a whole small sweep.
+    startup = max(2, min(10, trials // 3))
+    return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=startup)
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Trials that count towards --trials: complete or pruned (a failed one is replaced)."""
+        return self.complete + self.pruned
+
+
+def counts(optuna: Any, study: Any) -> Counts:
+    S = optuna.trial.TrialState
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == S.COMPLETE:
+            c.complete += 1
+        elif t.state == S.PRUNED:
+            c.pruned += 1
+        elif t.state == S.FAIL:
+            c.failed += 1
+        elif t.state == S.RUNNING:
+            c.running += 1
+        elif t.state == S.WAITING:
+            c.waiting += 1
+    return c
+
+
+def is_surplus(optuna: Any, study: Any, trial: Any, total: int) -> bool:
+    """Two workers may both ask when one trial is left: the one with the higher number stands down."""
+    S = optuna.trial.TrialState
+    ahead = [t for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
+             if t.number < trial.number]
+    return len(ahead) >= total
+
+
+class Heartbeat:
+    """Records the running trial's heartbeat every ``interval_s`` from a thread (the loop trains meanwhile)."""
+
+    def __init__(self, storage: Any, trial_id: int, interval_s: float):
+        self.storage, self.trial_id, self.interval_s = storage, trial_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="sweep-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)  # at once: a worker killed now is noticed too
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # noqa: BLE001 - a busy database: the next beat tries again
+                log.debug("sweep: heartbeat failed (%s)", describe(e))
+
+
+def pruned_detail(optuna: Any, study: Any, pruner: str, step: int, value: float) -> str:
+    """The sentence a pruned trial ends with: against what it was judged."""
+    S = optuna.trial.TrialState
+    others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(S.COMPLETE,))
+              if step in t.intermediate_values]
+    if not others:
+        return f"Pruned at step {step} by the {pruner} pruner (val loss {value:.4f})."
+    median = statistics.median(others)
+    n = f"{len(others)} finished trial{'s' if len(others) != 1 else ''}"
+    if pruner == "median":
+        return (f"Pruned at step {step}: val loss {value:.4f} is worse than the median {median:.4f} of the {n} "
+                f"at that step (median pruner).")
+    return (f"Pruned at step {step} by the Hyperband pruner: val loss {value:.4f} is not in the best third of its "
+            f"bracket at this rung (the {n} at that step: median {median:.4f}, best {min(others):.4f}).")
