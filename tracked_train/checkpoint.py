@@ -176,6 +176,11 @@ def load(folder: Path) -> dict[str, Any]:
     return state
 
 
+# What a config saved before model.pos_encoding & co. existed describes: the GPT-2 design.
+GPT2_DESIGN = {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False,
+               "tie_embeddings": True}
+
+
 def config_of(state: dict[str, Any], where: Path | str = "the checkpoint") -> Any:
     """The checkpoint's config, or CheckpointError when it is not a valid one."""
     from .config import from_dict
@@ -184,6 +189,8 @@ def config_of(state: dict[str, Any], where: Path | str = "the checkpoint") -> An
 
     try:
         nested = {sec: dict(vals) for sec, vals in state["config"].items()}
+        nested["model"] = {**GPT2_DESIGN, **nested.get("model", {})}  # saved before the switches existed
+        nested["training"] = {"optimizer": "adamw", **nested.get("training", {})}
         name = nested.get("run", {}).get("name")
         if isinstance(name, str) and problem(name):  # names a folder: never trust one from elsewhere
             nested["run"]["name"] = sanitise(name)

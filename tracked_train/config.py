@@ -73,6 +73,12 @@ class ModelConfig:
     n_kv_heads: int | None = field(default=None, metadata=_range(1, 1024))  # None: = n_heads
     seq_len: int = field(default=128, metadata=_range(2, 1_000_000))
     dropout: float = field(default=0.0, metadata=_range(0.0, 0.9))
+    # The architecture (tracked_train/model.py); the second value of each is GPT-2's design.
+    pos_encoding: Literal["rope", "learned"] = "rope"
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class TrainingConfig:
     batch_size: int = field(default=16, metadata=_range(1, 1_000_000))
     grad_accum: int = field(default=1, metadata=_range(1, 100_000))
     max_steps: int = field(default=400, metadata=_range(1, 10**12))
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
     lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
     min_lr: float = field(default=1e-4, metadata=_range(0.0, 10.0))
     warmup_steps: int = field(default=20, metadata=_range(0, 10**12))
@@ -179,6 +186,7 @@ class Config:
 # Keys whose values decide the model's shape: on resume they come from the checkpoint.
 MODEL_SHAPE_KEYS = (
     "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.seq_len",
+    "model.pos_encoding", "model.norm", "model.mlp", "model.qk_norm", "model.tie_embeddings",
     "tokenizer.vocab_size", "tokenizer.model_type",
 )
 

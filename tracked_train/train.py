@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from . import checkpoint, distributed, schedule
-from .config import Config
+from .config import Config, TrainingConfig
 from .console import Progress, peak_tflops
 from .data import Data
 from .early_stopping import EarlyStopping, Stop, StopReason, completed, verdict
 from .interrupts import Interrupts
-from .model import GPT, GPTConfig, param_groups
+from .model import GPT, GPTConfig, hidden_matrices, param_groups
 from .tokenizer import Tokenizer
 from .trackers import Outcome, Trackers
 
@@ -60,7 +60,26 @@ def pick_precision(choice: str, device: str) -> str:
 
 def gpt_config(cfg: Config, vocab_size: int) -> GPTConfig:
     m = cfg.model
-    return GPTConfig(vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads or m.n_heads, m.seq_len, m.dropout)
+    return GPTConfig(vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads or m.n_heads, m.seq_len, m.dropout,
+                     m.pos_encoding, m.norm, m.mlp, m.qk_norm, m.tie_embeddings)
+
+
+def optimizers(model: GPT, t: TrainingConfig, kind: str) -> list[torch.optim.Optimizer]:
+    """AdamW for every weight, or Muon for the blocks' matrices and AdamW for the rest (``optimizer: muon``).
+
+    Muon's update is scaled to AdamW's size (Moonshot's ``match_rms_adamw``), so one learning rate and
+    schedule serve both. The fused AdamW kernel is one call per step instead of a Python loop over
+    parameters (5-8 % of a small model's CPU step, docs/benchmarks.md).
+    """
+    fused = kind in ("cuda", "cpu")
+    if t.optimizer == "adamw":
+        return [torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=fused)]
+    hidden, rest = hidden_matrices(model)
+    rest_ids = {id(p) for p in rest}
+    groups = [{**g, "params": [p for p in g["params"] if id(p) in rest_ids]}
+              for g in param_groups(model, t.weight_decay)]
+    return [torch.optim.Muon(hidden, lr=t.lr, weight_decay=t.weight_decay, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(0.9, 0.95), fused=fused)]
 
 
 def safe_exp(x: float) -> float:
@@ -116,7 +135,7 @@ class Parts:
     run_dir: Path
     model: GPT
     forward: Any  # the model, or its torch.compile'd wrapper
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
     data: Data
@@ -134,7 +153,7 @@ class Parts:
             "step": self.st.step,
             "loop": asdict(self.st),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": [o.state_dict() for o in self.optimizers],
             "scheduler": {"kind": self.cfg.training.schedule, "step": self.st.step},
             "scaler": self.scaler.state_dict(),
             "early_stopping": self.stopper.state_dict(),
@@ -207,10 +226,7 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
         return torch.autocast(device_type=kind, dtype=amp_dtype)
 
     model = GPT(gpt_config(cfg, tokenizer.vocab_size)).to(device)
-    # The fused kernel: one call per step instead of a Python loop over parameters (5-8 % a step on CPU
-    # for small models, docs/benchmarks.md).
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95),
-                                  fused=kind in ("cuda", "cpu"))
+    opts = optimizers(model, t, kind)
     scaler = torch.amp.GradScaler(kind if kind != "mps" else "cpu", enabled=precision == "fp16")
     es = cfg.early_stopping
     stopper = EarlyStopping(es.patience, es.min_delta, es.target_loss, es.divergence_factor)
@@ -218,7 +234,12 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
     if state is not None:
         checkpoint.load_weights(model, state["model"])
         try:
-            optimizer.load_state_dict(state["optimizer"])
+            saved = state["optimizer"]
+            saved = [saved] if isinstance(saved, dict) else saved  # one AdamW, as checkpoints before Muon hold it
+            if len(saved) != len(opts):
+                raise ValueError(f"{len(saved)} optimizer states for {len(opts)} optimizers")
+            for o, sd in zip(opts, saved):
+                o.load_state_dict(sd)
             scaler.load_state_dict(state["scaler"])
             stopper.load_state_dict(state["early_stopping"])
             st = LoopState(**state["loop"])
@@ -241,7 +262,7 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
         if dist.enabled and len(state.get("rng_per_rank", [])) == dist.world_size:
             rng = state["rng_per_rank"][dist.rank]
         _set_rng_state(rng)  # last, so nothing above consumes the restored streams
-    return Parts(cfg, run_dir, model, forward, optimizer, scaler, stopper, data, tokenizer, trackers,
+    return Parts(cfg, run_dir, model, forward, opts, scaler, stopper, data, tokenizer, trackers,
                  device, amp, st, judge)
 
 
@@ -253,7 +274,8 @@ def train_step(p: Parts) -> tuple[float, float]:
     """
     t, dist = p.cfg.training, distributed.current()
     shard = t.batch_size // dist.world_size
-    p.optimizer.zero_grad(set_to_none=True)
+    for o in p.optimizers:
+        o.zero_grad(set_to_none=True)
     total = torch.zeros((), device=p.device)
     for micro in range(t.grad_accum):
         x, y = p.data.train.get(p.st.data_position + dist.rank * shard, shard)
@@ -266,9 +288,11 @@ def train_step(p: Parts) -> tuple[float, float]:
                 _, loss = p.forward(x, y)
             p.scaler.scale(loss / t.grad_accum).backward()
         total += loss.detach()
-    p.scaler.unscale_(p.optimizer)
+    for o in p.optimizers:
+        p.scaler.unscale_(o)
     grad_norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), t.grad_clip or math.inf)
-    p.scaler.step(p.optimizer)
+    for o in p.optimizers:
+        p.scaler.step(o)
     p.scaler.update()
     loss = (total / t.grad_accum).item()
     if dist.enabled:
@@ -320,7 +344,7 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
         step = p.st.step + 1
         t0 = time.perf_counter()
         lr = schedule.lr_at(step, t, p.st.plan)
-        for group in p.optimizer.param_groups:
+        for group in (g for o in p.optimizers for g in o.param_groups):
             group["lr"] = lr
         loss, grad_norm = train_step(p)
         dt = time.perf_counter() - t0
