@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import cli, records, sets
 
@@ -66,3 +67,39 @@ def test_muon_trains_and_resumes(tmp_path):
     assert more.returncode == 0, more.stderr
     losses = [r["train/loss"] for r in records(run) if "train/loss" in r]
     assert len(losses) == 18 and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("design, family", [
+    ({"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu"}, "GPT2LMHeadModel"),
+    ({"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "tie_embeddings": False}, "GPT2LMHeadModel"),
+    ({}, "StableLmForCausalLM"),
+    ({"tie_embeddings": False}, "StableLmForCausalLM"),
+    ({"norm": "rmsnorm"}, "LlamaForCausalLM"),
+    ({"norm": "rmsnorm", "qk_norm": True}, "Qwen3ForCausalLM"),
+])
+def test_each_design_exports_to_the_hf_family_that_computes_the_same(tmp_path, design, family):
+    from transformers import AutoModelForCausalLM
+
+    from tracked_train.export import write_hf
+
+    design = {"pos_encoding": "rope", "norm": "layernorm", "mlp": "swiglu", **design}
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(384, 64, 2, 4, 2, 32, 0.0, **design)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # gains and biases away from their initial 1 and 0
+    (tmp_path / "hf").mkdir()
+    write_hf(model, _tiny_tokenizer(tmp_path), tmp_path / "hf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(theirs).__name__ == family
+    x = torch.randint(0, 384, (2, 32))
+    with torch.no_grad():
+        assert (theirs(x).logits - model(x)[0]).abs().max().item() < 1e-4
+
+
+def test_a_design_with_no_hf_family_is_refused_in_one_line():
+    from tracked_train.errors import UserError
+    from tracked_train.export import family
+
+    with pytest.raises(UserError, match="export --format safetensors instead"):
+        family(GPTConfig(384, 64, 2, 4, 2, 32, 0.0, "learned", "rmsnorm", "swiglu"))

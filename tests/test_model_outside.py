@@ -198,7 +198,7 @@ def test_hf_export_logits_match(tracked, tmp_path):
     ours, tok = tracked_train.load(run_dir)
     assert ours.config.n_kv_heads < ours.config.n_heads  # grouped-query attention is mapped too
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert theirs.config.model_type == "gpt2" and (tmp_path / "hf" / "tokenizer.model").is_file()
+    assert theirs.config.model_type == "stablelm" and (tmp_path / "hf" / "tokenizer.model").is_file()
     ids = torch.randint(0, ours.config.vocab_size, (2, ours.config.seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (ours(ids)[0] - theirs(ids).logits).abs().max().item()

@@ -217,6 +217,9 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
     device = f"cuda:{dist.local_rank}" if kind == "cuda" else kind
     if kind == "cpu":
         keep_freed_memory()
+    if kind == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls that autocast leaves on TF32 tensor cores
+        torch.backends.cudnn.allow_tf32 = True
     precision = pick_precision(t.precision, kind)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -252,10 +255,11 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
 
         torch.manual_seed(t.seed + dist.rank)  # weights came from one seed; dropout differs by rank
         forward = DistributedDataParallel(model, device_ids=[dist.local_rank] if kind == "cuda" else None)
-    if t.compile:
+    compiled = t.compile if t.compile is not None else kind == "cuda"
+    if compiled:
         forward = torch.compile(forward)
     log.info("model: %s parameters (%.2f M) | device %s | precision %s%s%s", f"{model.num_params():,}",
-             model.num_params() / 1e6, device, precision, " | torch.compile" if t.compile else "",
+             model.num_params() / 1e6, device, precision, " | torch.compile" if compiled else "",
              f" | {dist.world_size} processes (DDP)" if dist.enabled else "")
     if state is not None:
         rng = state["rng"]
@@ -280,6 +284,8 @@ def train_step(p: Parts) -> tuple[float, float]:
     for micro in range(t.grad_accum):
         x, y = p.data.train.get(p.st.data_position + dist.rank * shard, shard)
         p.st.data_position += t.batch_size
+        if x.device.type != p.device.split(":")[0] and p.device.startswith("cuda"):
+            x, y = x.pin_memory(), y.pin_memory()  # so the copies below overlap the GPU's work
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
         # Gradients are averaged across ranks once per step, on the last micro-batch.
         sync = contextlib.nullcontext() if not dist.enabled or micro == t.grad_accum - 1 else p.forward.no_sync()
