@@ -11,6 +11,7 @@ once more, so the study neither loses the trial nor counts it.
 from __future__ import annotations
 
 import logging
+import random
 import statistics
 import threading
 import warnings
@@ -31,6 +32,7 @@ SPACE_ATTR = "tracked_train.space"  # the space the study was created with: a co
 PARENT_ATTR = "tracked_train.mlflow_parent_run_id"
 # A worker that dies is noticed after this many heartbeats without one.
 GRACE_HEARTBEATS = 3
+STORAGE_TRIES = 4
 
 
 def check_storage_url(url: str) -> None:
@@ -68,13 +70,21 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None
     if url.startswith("sqlite"):
         # Several workers write one file: wait for its lock instead of failing at once (SQLite's 5 s default).
         engine = {"connect_args": {"timeout": 60}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                          grace_period=GRACE_HEARTBEATS * heartbeat_s,
-                                          heartbeat_stale_trial_callback=on_stale)
-    except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
-        raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check --storage "
-                        "(and that its database driver is installed)") from None
+    pause = threading.Event()
+    for attempt in range(STORAGE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                              grace_period=GRACE_HEARTBEATS * heartbeat_s,
+                                              heartbeat_stale_trial_callback=on_stale)
+        except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
+            # Workers started together race to create the tables of a new database (a UNIQUE constraint
+            # or "already exists" for the loser): the second try finds them made.
+            if type(e).__name__ in ("IntegrityError", "OperationalError") and attempt + 1 < STORAGE_TRIES:
+                pause.wait(0.2 + random.random())
+                continue
+            raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check "
+                            "--storage (and that its database driver is installed)") from None
+    raise AssertionError("unreachable")
 
 
 def open_study(optuna: Any, storage: Any, name: str, pruner: Any) -> tuple[Any, bool]:
