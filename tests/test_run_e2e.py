@@ -122,6 +122,8 @@ def test_sigint_saves_and_resume_finishes(tmp_path):
     stop = records(c)[-1]
     assert stop["event"] == "stop" and stop["reason"] == "interrupted"
     assert _last_checkpoint_step(c) == stop["step"] == max(_steps_logged(c))
+    assert "SIGINT: stopping after this step" in err  # acknowledged when it came, not when the step ended
+    assert f"tracked-train resume {c.relative_to(tmp_path)}" in stop["detail"]  # the hint names the folder
 
     r = cli("resume", str(c), "--set", f"training.max_steps={stop['step'] + 3}", cwd=tmp_path)
     assert r.returncode == 2 and "--allow-config-change" in r.stderr  # drift is refused by default

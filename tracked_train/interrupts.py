@@ -3,11 +3,14 @@
 SIGINT or SIGTERM asks the loop to finish its current step, save ``last`` and
 stop with reason ``interrupted``; a second SIGINT raises KeyboardInterrupt at
 once. SIGUSR1 asks for a status line. Handlers only set flags (the loop acts on
-them between steps); the previous handlers come back on exit.
+them between steps) and acknowledge a stop at once on stderr: a slow step
+would otherwise leave the user in silence. The previous handlers come back on
+exit.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -23,6 +26,10 @@ class Interrupts:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+            # os.write, not logging: a handler that takes the logging lock can deadlock the thread it interrupted.
+            os.write(2, f"\n{self.requested}: stopping after this step, then saving checkpoints/last "
+                        "(Ctrl-C again to stop at once)\n".encode())
 
     def _on_status(self, signum: int, frame: FrameType | None) -> None:
         self.status_requested = True

@@ -380,7 +380,7 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
             stop = time_stop or EarlyStopping.check_time(step, t.time_budget_s, t.time_budget_s)
         if stop is None and interrupted:
             stop = Stop(StopReason.INTERRUPTED, f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
-                        "resume with `tracked-train resume`.", step)
+                        f"resume with `tracked-train resume {p.run_dir}`.", step)
         if stop is None and step >= t.max_steps:
             stop = completed(step, t.max_steps)
         if interrupts.status_requested:
