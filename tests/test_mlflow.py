@@ -53,6 +53,8 @@ def test_params_metrics_tags_status(mlflow_server, completed):
     client = mlflow_server.client()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "done"
+    # The experiment we created is a model-training one: MLflow 3's UI opens it on the runs table.
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     logged = next(r["params"] for r in records(run_dir) if r.get("event") == "params")
     assert run.data.params == {k: "" if v is None else str(v) for k, v in logged.items()}
     assert run.data.params["training.max_steps"] == "30" and run.data.params["model.d_model"] == "64"

@@ -30,6 +30,10 @@ from ..trackers.snapshot import remove
 from ..trackers.spool import BadEvent, Blocked, Spool
 from .client import check_reachable, connect, is_transient, status_of
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless it is marked as model training:
+# then it opens on the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
 log = logging.getLogger("tracked_train")
 
 # Fields each event kind must carry; a line without them is quarantined, not retried forever.
@@ -206,7 +210,7 @@ class MlflowSink:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return self.client.create_experiment(name)
+                return self.client.create_experiment(name, tags=EXPERIMENT_TAGS)
             except MlflowException as e:  # another run created it a moment ago
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
