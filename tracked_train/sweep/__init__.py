@@ -164,13 +164,16 @@ def _open(plan: Plan) -> Worker:
             except BaseException:
                 optuna.delete_study(study_name=plan.study_name, storage=storage)  # nothing half-made stays
                 raise
-            study.set_user_attr(st.PARENT_ATTR, w.parent_id)
+        # "" says "no parent", so a worker with MLflow that comes later makes one instead of waiting for it.
+        study.set_user_attr(st.PARENT_ATTR, w.parent_id or "")
         log.info("sweep %s: new study in %s", plan.study_name, strip_userinfo(plan.storage_url))
         return w
     recorded = _wait_for_attr(study, st.SPACE_ATTR, 10.0)
     if recorded is not None and recorded != space:
         raise UserError(f"study '{plan.study_name}' in {strip_userinfo(plan.storage_url)} was created with another "
                         f"space ({recorded}); use the same space file or a new --study name")
+    if recorded is None:  # a study made outside tracked-train: from now on it holds this space
+        study.set_user_attr(st.SPACE_ATTR, space)
     c = st.counts(optuna, study)
     log.info("sweep %s: continuing the study (%d complete, %d pruned, %d failed, %d running)", plan.study_name,
              c.complete, c.pruned, c.failed, c.running)
@@ -178,7 +181,7 @@ def _open(plan: Plan) -> Worker:
         from ..mlflow.sweep import reopen_parent
 
         w.parent_id = _wait_for_attr(study, st.PARENT_ATTR, PARENT_WAIT_S)
-        if w.parent_id is None:  # its creator died before naming one, or swept without MLflow
+        if not w.parent_id:  # its creator swept without MLflow, or died before naming one
             w.parent_id = _start_parent(w)
             study.set_user_attr(st.PARENT_ATTR, w.parent_id)
         elif not reopen_parent(plan.mlflow_uri, w.parent_id):

@@ -23,7 +23,9 @@ def _local_trials(study: str, output_dir: Path) -> list[tuple[int, Path]]:
     from ..trackers import jsonl
 
     out = []
-    for d in sorted(output_dir.glob(f"{study}-t*")) if output_dir.is_dir() else []:
+    import glob
+
+    for d in sorted(output_dir.glob(f"{glob.escape(study)}-t*")) if output_dir.is_dir() else []:
         f = d / jsonl.FILENAME
         if not f.is_file():
             continue

@@ -127,7 +127,8 @@ def make_sampler(optuna: Any, seed: int | None, number: int, trials: int) -> Any
     trial_seed = None if seed is None else (seed * 1_000_003 + number) % 2**32
     # TPE samples at random for its first trials; Optuna's 10 would be a whole small sweep.
     startup = max(2, min(10, trials // 3))
-    return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=startup)
+    # constant_liar: running trials count as bad ones, so parallel workers do not all draw the same point.
+    return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=startup, constant_liar=True)
 
 
 @dataclass
