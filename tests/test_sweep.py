@@ -260,6 +260,17 @@ def test_bad_input_in_a_real_process_is_one_line_and_leaves_nothing(mlflow_serve
     assert mlflow_server.client().get_experiment_by_name("bad-sweeps") is None
 
 
+def test_sweep_quick_space_fits_quick_yaml():
+    from pathlib import Path
+
+    from tracked_train import config
+    from tracked_train.sweep import space
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    loaded = space.load(root / "sweep-quick.yaml", config.resolve(str(root / "quick.yaml"), [], environ={}))
+    assert set(loaded.describe()) == {"training.lr", "model.d_model", "training.warmup_steps"}
+
+
 def test_run_takes_positional_overrides(tmp_path):
     r = cli("run", "--print-config", "training.lr=0.01", "model.d_model=96", "--set", "training.lr=0.02",
             cwd=tmp_path)
