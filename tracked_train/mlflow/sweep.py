@@ -55,7 +55,7 @@ def start_parent(uri: str, experiment: str, study: str, space: dict[str, str], t
     """Create the parent run (RUNNING); returns its id. Failure is bad input: nothing is left behind."""
     from mlflow.entities import Param
 
-    client, run_id = connect(uri), None
+    client, run_id = _connect_new_store(uri), None
     try:
         exp = client.get_experiment_by_name(experiment)
         if exp is not None and exp.lifecycle_stage == "deleted":
@@ -74,6 +74,23 @@ def start_parent(uri: str, experiment: str, study: str, space: dict[str, str], t
         _delete(client, run_id)
         raise UserError(f"MLflow at {strip_userinfo(uri)} could not create the sweep's parent run "
                         f"({describe(e, 200)}); check the server and try again") from None
+
+
+def _connect_new_store(uri: str, tries: int = 4) -> Any:
+    """A client; workers started together race to create and migrate a new embedded store (sqlite), and
+    the loser's migration fails: its next try finds the store made."""
+    import random
+    import threading
+
+    for attempt in range(tries):
+        try:
+            return connect(uri)
+        except Exception as e:  # noqa: BLE001
+            if attempt + 1 == tries:
+                raise UserError(f"cannot open the MLflow store at {strip_userinfo(uri)} ({describe(e, 200)}); "
+                                "check tracking.mlflow_uri / MLFLOW_TRACKING_URI") from None
+            threading.Event().wait(0.2 + random.random())
+    raise AssertionError("unreachable")
 
 
 def _create_experiment(client: Any, name: str) -> str:
