@@ -31,8 +31,28 @@ class _Redacting(logging.Formatter):
 FILE_ONLY = {"file_only": True}  # ``log.error(..., extra=FILE_ONLY)``: for train.log, not the console
 
 
+def fit(line: str, width: int) -> str:
+    """``line`` in lines of at most ``width``: a `` | ``-separated status line loses its last fields (the
+    least important), other text wraps under its second column (the config table's values)."""
+    fields = line.split(" | ")
+    while len(fields) > 1 and len(" | ".join(fields)) > width:
+        fields.pop()
+    line = " | ".join(fields)
+    if len(line) <= width:
+        return line
+    import re
+    import textwrap
+
+    first = re.match(r"\s*\S+\s+", line)
+    hang = " " * (len(first.group()) if first and len(first.group()) < width // 2 else 2)
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent=hang, break_on_hyphens=False))
+
+
 class _ConsoleHandler(logging.Handler):
-    """Prints records above the rich bar while one is shown, to stderr otherwise."""
+    """Prints records above the rich bar while one is shown, to stderr otherwise.
+
+    On a terminal each line of a message fits its width (train.log keeps them whole).
+    """
 
     rich_console = None
 
@@ -40,6 +60,11 @@ class _ConsoleHandler(logging.Handler):
         if getattr(record, "file_only", False):
             return
         msg = self.format(record)
+        if sys.stderr.isatty():
+            import shutil
+
+            width = shutil.get_terminal_size().columns
+            msg = "\n".join(fit(line, width) for line in msg.split("\n"))
         if self.rich_console is not None:
             self.rich_console.print(msg, highlight=False, markup=False)
         else:
