@@ -45,3 +45,49 @@ def test_on_a_terminal_every_line_fits_its_width(tmp_path):
     assert [line for line in lines if len(line) > 72] == []
     full = (tmp_path / "runs" / "t" / "train.log").read_text()
     assert max(len(line) for line in full.splitlines()) > 72  # the file keeps them whole
+
+
+def test_typed_status_and_stop_act_like_sigusr1_and_sigint(tmp_path):
+    import json
+    import threading
+
+    from conftest import wait_until
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "s",
+                             *sets("training.max_steps=100000", "training.eval_every=100000")],
+                            cwd=tmp_path, stdin=child, stdout=child, stderr=child)
+    os.close(child)
+    out = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    metrics = tmp_path / "runs" / "s" / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and metrics.read_text().count("train/loss") >= 3, "three steps", 120, proc)
+    os.write(main, b"status\n")
+    wait_until(lambda: b"\nstep " in bytes(out).replace(b"\r", b""), "a status line", 120, proc)
+    os.write(main, b"stop\n")
+    assert proc.wait(timeout=120) == 130
+    reader.join(timeout=10)
+    text = bytes(out).decode(errors="replace")
+    assert "the stop command: stopping after this step" in text
+    stop = [json.loads(line) for line in metrics.read_text().splitlines()][-1]
+    assert stop["reason"] == "interrupted" and "the stop command" in stop["detail"]
+
+
+def test_off_a_terminal_stdin_is_never_read(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tracked_train", "run", "--run-name", "p",
+                           *sets("training.max_steps=8", "training.eval_every=4")],
+                          cwd=tmp_path, input="stop\nstop\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "stop command" not in proc.stderr and "Completed" in proc.stderr

@@ -6,14 +6,38 @@ once. SIGUSR1 asks for a status line. Handlers only set flags (the loop acts on
 them between steps) and acknowledge a stop at once on stderr: a slow step
 would otherwise leave the user in silence. The previous handlers come back on
 exit.
+
+On an interactive terminal, typing ``stop`` or ``status`` and Enter does the
+same as SIGINT or SIGUSR1. Off a terminal stdin is never read.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from types import FrameType
+
+_listening: Interrupts | None = None  # the Interrupts in force, for the stdin reader
+_reader: threading.Thread | None = None
+
+
+def _main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+
+
+def _read_commands() -> None:
+    for line in sys.stdin:
+        word, target = line.strip().lower(), _listening
+        if target is None or not word:
+            continue
+        if word == "stop":
+            target.request_stop("the stop command")
+        elif word == "status":
+            target.status_requested = True
+        else:
+            os.write(2, f"unknown command {word!r}; type stop or status, then Enter\n".encode())
 
 
 class Interrupts:
@@ -25,10 +49,13 @@ class Interrupts:
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        self.request_stop(signal.Signals(signum).name)
+
+    def request_stop(self, by: str) -> None:
+        self.requested = self.requested or by
+        if _main_rank():
             # os.write, not logging: a handler that takes the logging lock can deadlock the thread it interrupted.
-            os.write(2, f"\n{self.requested}: stopping after this step, then saving checkpoints/last "
+            os.write(2, f"\n{by}: stopping after this step, then saving checkpoints/last "
                         "(Ctrl-C again to stop at once)\n".encode())
 
     def _on_status(self, signum: int, frame: FrameType | None) -> None:
@@ -39,9 +66,18 @@ class Interrupts:
             for sig, handler in ((signal.SIGINT, self._on_stop), (signal.SIGTERM, self._on_stop),
                                  (signal.SIGUSR1, self._on_status)):
                 self._previous[sig] = signal.signal(sig, handler)
+            global _listening, _reader
+            if _main_rank() and sys.stdin is not None and sys.stdin.isatty():
+                _listening = self
+                if _reader is None:  # one reader for the process: a line goes to the Interrupts in force
+                    _reader = threading.Thread(target=_read_commands, name="stdin-commands", daemon=True)
+                    _reader.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        global _listening
+        if _listening is self:
+            _listening = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
