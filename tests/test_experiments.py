@@ -8,7 +8,9 @@ import pytest
 
 from tracked_train import config
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+# Run configs; sweep-*.yaml are search spaces (tests/test_sweep.py checks those).
+EXPERIMENTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")
+                     if not p.name.startswith("sweep-"))
 
 
 def test_the_four_experiments_exist():

@@ -23,6 +23,7 @@ TINY = [
     "data.builtin_chars=60000", "training.batch_size=8", "training.eval_batches=2", "console.progress=lines",
     "training.precision=fp32", "training.max_steps=20", "training.eval_every=4", "training.checkpoint_every=20",
     "training.min_lr=1e-6", "tracking.experiment=sweeps",
+    "tracking.log_model=false",  # the Logged Model upload is most of a tiny trial's time; test_mlflow covers it
 ]
 SPACE = "training.lr: {choice: [3.0e-3, 1.0e-5]}\ntraining.warmup_steps: {int: [0, 8]}\n"
 SECRET = "canary-pw-7731"
@@ -158,6 +159,9 @@ def test_one_parent_run_with_six_finished_children(mlflow_server, sweep_dir):
     assert sorted(c.data.tags["tracked_train.trial"] for c in ok) == sorted(
         str(t.number) for t in finished(load_study(tmp).get_trials()))
     assert all(c.data.params["tracking.wandb_group"] == "s" for c in ok)  # W&B's group for the trials
+    # tracking.log_model=false: no Logged Model, the best values still searchable run metrics.
+    assert list(client.search_logged_models(experiment_ids=[parent.info.experiment_id])) == []
+    assert all("best/val_loss" in c.data.metrics for c in ok if c.data.tags["stop_reason"] == "completed")
     # The parent: space, best value and params, a table and a plot.
     p = client.get_run(parent.info.run_id)
     assert p.info.status == "FINISHED"

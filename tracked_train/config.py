@@ -128,6 +128,9 @@ class TrackingConfig:
     required: bool = True
     # MLflow Model Registry name for the best model (None: the Logged Model only, not registered).
     register_model: str | None = None
+    # false: no MLflow Logged Model at the end (the best values are still run metrics). Sweeps and tests
+    # save its upload; the checkpoints stay run artifacts either way.
+    log_model: bool = True
     # W&B: None falls back to WANDB_PROJECT / WANDB_ENTITY, then project "tracked-train".
     wandb_project: str | None = None
     wandb_entity: str | None = None

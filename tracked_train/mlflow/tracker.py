@@ -91,11 +91,13 @@ class MlflowTracker(Tracker):
         self._status_before: str | None = None  # a reopened run's status, restored if this attempt never trains
         self._uploads: dict[str, Path] = {}  # artifact path -> its newest snapshot not yet known sent
         self._register: str | None = None  # tracking.register_model
+        self._log_model = True  # tracking.log_model
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
         tc = run.config.tracking
         self._register = tc.register_model
+        self._log_model = tc.log_model
         uri = tracking_uri(tc.mlflow_uri)
         self.run_dir, self.run_name = run.run_dir, run.name
         folder = run.run_dir / FOLDER
@@ -281,7 +283,7 @@ class MlflowTracker(Tracker):
         best = self.run_dir / "checkpoints" / "best"
         self.spool.append({"k": "figure", "title": self.run_name})
         metrics, step = outcome.best_metrics(), outcome.best_step or 0
-        if best.exists():
+        if best.exists() and self._log_model:
             self._seq += 1
             src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}-model"
             snapshot(best, self.run_dir / src)
