@@ -103,7 +103,7 @@ def config_table(flat: dict[str, Any]) -> str:
     return "\n".join(f"  {sec:<{width}}  {' '.join(items)}" for sec, items in sections.items())
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -187,7 +187,7 @@ class Progress:
             f"step {step}/{self.total} ({100 * step / self.total:.0f}%)",
             f"loss {self.last['loss']:.4f}", f"lr {self.last['lr']:.2e}",
             f"{self.last['tok_s']:,.0f} tok/s", f"tokens {self.last['tokens_seen']:,}",
-            f"elapsed {_fmt_duration(elapsed)}", f"ETA {_fmt_duration(eta)}", f"{it_s:.2f} it/s",
+            f"elapsed {fmt_duration(elapsed)}", f"ETA {fmt_duration(eta)}", f"{it_s:.2f} it/s",
             f"{kind} {mib:,.0f} MiB",
         ]
         if self.peak:

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import distributed
 from .config import Config, dump_yaml
-from .console import FILE_ONLY, config_table, setup_logging
+from .console import FILE_ONLY, config_table, fmt_duration, setup_logging
 from .data import check_files
 from .early_stopping import Stop, StopReason
 from .errors import ConfigError, UserError, describe
@@ -278,7 +278,7 @@ def _run(parts) -> int:
 def _summary(parts, o: Outcome) -> None:
     if o.initial_loss is not None and o.final_loss is not None:
         log.info("train loss %.4f -> %.4f (%+.1f%%): %s", o.initial_loss, o.final_loss, -o.decrease_pct, o.verdict)
-    log.info("stopped: %s (%s at step %d)", o.stop.detail, o.stop.reason, o.stop.step)
+    log.info("stopped: %s [stop_reason=%s]", o.stop.detail, o.stop.reason)
     if o.best_val_loss is not None:
         from .train import safe_exp
 
@@ -289,4 +289,12 @@ def _summary(parts, o: Outcome) -> None:
             floor = f"; the corpus floor is {entropy_rate():.3f}"
         log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s) at step %s", o.best_val_loss,
                  safe_exp(o.best_val_loss), o.best_val_nats_per_char, floor, o.best_step)
+    log.info("time: %s in this process, %s of training in all", fmt_duration(_process_seconds()),
+             fmt_duration(parts.st.elapsed_s))
     log.info("run folder: %s", parts.run_dir)
+
+
+def _process_seconds() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
