@@ -92,6 +92,14 @@ def test_runs_lists_both_from_the_server_newest_first(runs):
         assert r["best_val_perplexity"] > 1 and r["duration_s"] > 0
     starts = [r["start_time"] for r in listed]
     assert starts == sorted(starts, reverse=True)
+    # The server's runs whose folders are here: the folder, and the same duration `compare` shows.
+    assert {n: Path(r["run_dir"]).name for n, r in by_name.items()} == {HI: HI, LO: LO}
+    compared = json.loads(ok("compare", HI, LO, "--format", "json", cwd=runs.root, env=runs.env))["runs"]
+    assert {r["name"]: r["duration_s"] for r in compared} == {n: r["duration_s"] for n, r in by_name.items()}
+    # MLFLOW_EXPERIMENT_NAME names the experiment when --experiment does not, as it does for `run`.
+    named = json.loads(ok("runs", "--format", "json", cwd=runs.root,
+                          env={**runs.env, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}))
+    assert sorted((r["name"], r["source"]) for r in named) == [(HI, "mlflow"), (LO, "mlflow")]
 
 
 def test_runs_table_and_csv(runs):
@@ -197,3 +205,27 @@ def test_bad_references_say_so_in_one_line(runs, refs, says):
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ") and says in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+def _run(name: str, vocab: str, lr: str, val: list[float], per_char: list[float]):
+    from tracked_train.compare import Run
+
+    params = {"tokenizer.vocab_size": vocab, "training.lr": lr, "training.checkpoint_every": "50",
+              "training.eval_batches": "10", "model.d_model": "64"}
+    history = {"val/loss": list(enumerate(val)), "val/nats_per_char": list(enumerate(per_char))}
+    return Run(name, "local", params=params, history=history)
+
+
+def test_compare_ranks_by_nats_per_char_when_tokenizers_differ():
+    """A bigger vocabulary has a higher loss per token and may still model the text better."""
+    from tracked_train.compare import differing_params, metric_rows
+
+    small, big = _run("small", "384", "0.001", [2.0], [0.9]), _run("big", "4096", "0.003", [3.0], [0.8])
+    rows = {(m.metric, m.kind): m for m in metric_rows([small, big])}
+    assert rows[("val/loss", "best")].best_index is None  # not ranked: tokens differ
+    assert rows[("val/nats_per_char", "best")].best_index == 1
+    same = _run("same", "384", "0.003", [2.5], [1.0])
+    assert {(m.metric, m.kind): m for m in metric_rows([small, same])}[("val/loss", "best")].best_index == 0
+    # Labels and tables list the keys that matter first, not alphabetically.
+    small.params["training.checkpoint_every"] = "100"
+    assert list(differing_params([small, big])) == ["training.lr", "tokenizer.vocab_size", "training.checkpoint_every"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -33,8 +34,18 @@ COMPARED_METRICS = ("val/loss", "val/perplexity", "val/nats_per_char", "train/lo
 TOKENS = "train/tokens_seen"
 # Differs between any two runs by construction (it is the column header), so it says nothing.
 IGNORED_PARAMS = {"run.name"}
-# Differing params are listed (and plot labels built) in this order of sections: what shapes the result first.
+# Differing params are listed (and plot labels built) in this order: the keys that shape the result most
+# (learning rate, model shape, data, tokenizer), then the rest by section, then alphabetically.
+PARAM_PRIORITY = (
+    "training.lr", "training.optimizer", "training.schedule", "training.batch_size", "training.time_budget_s",
+    "training.max_steps", "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.seq_len",
+    "model.pos_encoding", "model.norm", "model.mlp", "model.dropout", "data.source", "data.train_files",
+    "data.hf_name", "data.builtin_chars", "tokenizer.vocab_size", "tokenizer.model_type",
+)
 PARAM_SECTIONS = ("training", "model", "data", "tokenizer", "early_stopping")
+# Differing params that change the tokens (a tokenizer is trained on the data): per-token losses stop comparing.
+TOKENIZER_SECTIONS = ("tokenizer.", "data.")
+PER_CHAR = "val/nats_per_char"
 PLOT_LABEL_PARAMS = 3
 DEFAULT_EXPERIMENT = "tracked-train"
 
@@ -162,6 +173,15 @@ def _server_runs(store: Store, experiment: str) -> list[Run] | None:
     return out
 
 
+def _with_folder(run: Run, folders: Sequence[Run]) -> Run:
+    """A server run whose folder is here gets the folder, and the folder's duration: metrics.jsonl times every
+    segment the same way whichever command reads it, so `runs` and `compare` agree."""
+    twin = next((f for f in folders if run.run_id and f.run_id == run.run_id), None)
+    if twin is not None:
+        run.run_dir, run.duration_s = twin.run_dir, twin.duration_s
+    return run
+
+
 def _with_history(store: Store, r: Any) -> Run:
     run = _from_mlflow(r)
     for key in (*COMPARED_METRICS, TOKENS):
@@ -201,6 +221,7 @@ def list_runs(experiment: str | None, output_dir: Path, store: Store | None = No
     every folder under ``output_dir`` is listed.
     """
     store = store or Store()
+    experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None  # as `run` places runs
     server: list[Run] = []
     missing_experiment = False
     if store.exists():
@@ -211,9 +232,10 @@ def list_runs(experiment: str | None, output_dir: Path, store: Store | None = No
             found = []
         missing_experiment = found is None
         server = found or []
+    folders = local_runs(output_dir)
+    server = [_with_folder(r, folders) for r in server]
     listed = {r.run_id for r in server}
-    local = [r for r in local_runs(output_dir)
-             if r.run_id not in listed and (experiment is None or r.experiment == experiment)]
+    local = [r for r in folders if r.run_id not in listed and (experiment is None or r.experiment == experiment)]
     if experiment and missing_experiment and not local:
         raise UserError(f"MLflow at {store.where} has no experiment {experiment!r}, and no run folder under "
                         f"{output_dir}/ belongs to it")
@@ -257,7 +279,7 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
     from . import sources
 
     if ref.startswith(("mlflow:", "runs:/")):
-        return _with_history(store, store.get(sources.parse(ref).value))
+        return _with_folder(_with_history(store, store.get(sources.parse(ref).value)), local_runs(output_dir))
     path = Path(ref).expanduser()
     if is_run_dir(path):
         return load_local(path)
@@ -268,7 +290,7 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
         return load_local(output_dir / ref)
     found = store.find(ref)
     if found is not None:
-        found = _with_history(store, found)
+        found = _with_folder(_with_history(store, found), local_runs(output_dir))
     if found is None:
         raise UserError(f"no run {ref!r}: not a run folder under {output_dir}/ nor an MLflow run name or id at "
                         f"{store.where}; `tracked-train runs` lists them")
@@ -300,9 +322,11 @@ def differing_params(runs: Sequence[Run]) -> dict[str, list[str | None]]:
     return out
 
 
-def _param_order(key: str) -> tuple[int, str]:
+def _param_order(key: str) -> tuple[int, int, str]:
+    if key in PARAM_PRIORITY:
+        return (0, PARAM_PRIORITY.index(key), key)
     section = key.split(".", 1)[0]
-    return (PARAM_SECTIONS.index(section) if section in PARAM_SECTIONS else len(PARAM_SECTIONS), key)
+    return (1, PARAM_SECTIONS.index(section) if section in PARAM_SECTIONS else len(PARAM_SECTIONS), key)
 
 
 def _param_cell(value: str | None) -> str:
@@ -314,10 +338,13 @@ class MetricRow:
     metric: str
     kind: str  # "best" (lowest over the run) or "final" (at the last step)
     values: list[float | None]
+    ranked: bool = True  # False: the runs' values are not comparable (per-token losses of different tokenizers)
 
     @property
     def best_index(self) -> int | None:
-        """The run with the lowest value; None when fewer than two runs have one, or on a tie."""
+        """The run with the lowest value; None when fewer than two runs have one, on a tie, or when unranked."""
+        if not self.ranked:
+            return None
         finite = [(v, i) for i, v in enumerate(self.values) if v is not None and math.isfinite(v)]
         if len(finite) < 2:
             return None
@@ -325,14 +352,21 @@ class MetricRow:
         return None if sum(v == low[0] for v, _ in finite) > 1 else low[1]
 
 
+def tokens_differ(runs: Sequence[Run]) -> bool:
+    """Whether the runs' tokenizers may differ: then a loss per token compares nothing, nats per char does."""
+    return any(k.startswith(TOKENIZER_SECTIONS) for k in differing_params(runs))
+
+
 def metric_rows(runs: Sequence[Run]) -> list[MetricRow]:
     rows = []
+    per_char_only = tokens_differ(runs)
     for metric in COMPARED_METRICS:
         series = [r.history.get(metric) or [] for r in runs]
         if not any(series):
             continue
-        rows.append(MetricRow(metric, "best", [min((v for _, v in s), default=None) for s in series]))
-        rows.append(MetricRow(metric, "final", [s[-1][1] if s else None for s in series]))
+        ranked = metric == PER_CHAR or not per_char_only
+        rows.append(MetricRow(metric, "best", [min((v for _, v in s), default=None) for s in series], ranked))
+        rows.append(MetricRow(metric, "final", [s[-1][1] if s else None for s in series], ranked))
     return rows
 
 
@@ -394,8 +428,11 @@ def _print_compare_table(runs, names, params, metrics) -> None:
         digits = 2 if "perplexity" in m.metric else 4
         cells = [_fmt(v, digits) + (" *" if i == m.best_index else "") for i, v in enumerate(m.values)]
         rows.append([f"{m.metric} {m.kind}", *cells])
-    _print_table(["", *names], rows, fold=set(names),
-                 caption="best: the lowest value in the run; final: at its last step; * marks the lowest across runs")
+    caption = "best: the lowest value in the run; final: at its last step; * marks the lowest across runs"
+    if not all(m.ranked for m in metrics):
+        caption += (f"; the runs' tokenizers or data differ, so only {PER_CHAR} is ranked "
+                    "(a loss per token depends on what a token is)")
+    _print_table(["", *names], rows, fold=set(names), caption=caption)
 
 
 # -- plot --------------------------------------------------------------------------------------------

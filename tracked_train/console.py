@@ -162,7 +162,7 @@ class Progress:
 
     def set_total(self, total_steps: int) -> None:
         """A time budget's planned steps replace ``max_steps`` as the total."""
-        self.total = total_steps
+        self.total, self.every = total_steps, max(1, total_steps // 100)
         if self._bar is not None:
             self._bar.update(self._task, total=total_steps)
 
