@@ -18,3 +18,16 @@ def test_help_imports_no_heavy_library():
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "tracked_train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "resume" in r.stdout and "generate" in r.stdout
+
+
+def test_read_only_commands_create_no_store(tmp_path):
+    """No MLFLOW_TRACKING_URI and no mlflow.db: generate, export, runs and compare say so and leave it empty."""
+    from conftest import cli
+
+    run_id = "0123456789abcdef0123456789abcdef"
+    for args in (["generate", f"mlflow:{run_id}", "--prompt", "a"], ["export", f"runs:/{run_id}", "--out", "x"],
+                 ["compare", run_id, "b"]):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert cli("runs", cwd=tmp_path).returncode == 0
+    assert list(tmp_path.iterdir()) == []
