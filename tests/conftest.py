@@ -23,6 +23,12 @@ TINY = [
 ]
 
 
+# For training processes started side by side: one thread each. Two processes with two OpenMP threads each on
+# two cores step several times slower than one thread each (threads spin waiting for a descheduled peer).
+# Runs whose losses or weights are compared bit for bit all get it: the thread count can change the last bits.
+SIDE_BY_SIDE = {"OMP_NUM_THREADS": "1"}
+
+
 def sets(*pairs: str) -> list[str]:
     out = []
     for p in (*TINY, *pairs):

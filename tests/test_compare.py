@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import cli, records, sets
+from conftest import SIDE_BY_SIDE, cli, records, sets
 
 EXPERIMENT = "compare-tests"
 HI, LO = "lr-hi", "lr-lo"  # LO also stops early, by patience
@@ -51,7 +51,8 @@ def _train(server, root: Path) -> TwoRuns:
     # Both at once: on 2 cores this saves a third of the time (much of a run is start-up and upload).
     procs = {name: subprocess.Popen(
         [sys.executable, "-m", "tracked_train", "run", "--run-name", name, *sets(*common, *extra[name])],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in (HI, LO)}
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **SIDE_BY_SIDE})
+        for name in (HI, LO)}
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name}: {out[-3000:]}"

@@ -79,33 +79,16 @@ def test_a_second_process_cannot_resume_or_sync_a_folder_in_use(tmp_path):
     run_dir = tmp_path / "runs" / "live"
     try:
         wait_until(lambda: checkpoint_step(run_dir) >= 10, "the first checkpoint", proc=proc)
-        for args in (("resume", str(run_dir)), ("sync", str(run_dir))):
-            r = cli(*args, cwd=tmp_path)
-            assert_one_clean_line(r, "in use by process", str(proc.pid))
+        tries = [start(tmp_path, *args) for args in (("resume", str(run_dir)), ("sync", str(run_dir)))]  # at once
+        for t in tries:
+            out, err = t.communicate(timeout=300)
+            assert_one_clean_line(subprocess.CompletedProcess(t.args, t.returncode, out, err), "in use by process",
+                                  str(proc.pid))
         assert proc.poll() is None  # the live run was not disturbed
     finally:
         kill9(proc)
     r = cli("resume", str(run_dir), *sets("training.max_steps=30"), "--allow-config-change", cwd=tmp_path)
     assert r.returncode == 0, r.stderr  # the lock died with its process: kill -9 leaves no stale lock
-
-
-def test_resume_with_its_data_gone_exits_2_and_repairs_the_running_status(mlflow_server, tmp_path):
-    data = tmp_path / "train.txt"
-    data.write_text((SHAKESPEARE / "valid.txt").read_text()[:150_000])
-    args = mlflow_sets(mlflow_server.uri, "data.source=text", f"data.train_files=[{data}]", *LONG)
-    proc = start(tmp_path, "run", "--run-name", "gone", *args)
-    run_dir = tmp_path / "runs" / "gone"
-    wait_until(lambda: checkpoint_step(run_dir) >= 10, "the first checkpoint", proc=proc)
-    kill9(proc)
-    run_id = run_id_of(run_dir)
-    client = mlflow_server.client()
-    assert client.get_run(run_id).info.status == "RUNNING"  # what kill -9 leaves
-    data.unlink()
-    before = (run_dir / "metrics.jsonl").read_bytes()
-    r = cli("resume", str(run_dir), cwd=tmp_path)
-    assert_one_clean_line(r, "does not exist", "train.txt")
-    assert client.get_run(run_id).info.status == "KILLED"
-    assert (run_dir / "metrics.jsonl").read_bytes().startswith(before[: len(before) // 2])  # the record is kept
 
 
 @pytest.mark.parametrize("case", ["binary", "latin1", "long-name", "output-is-a-file", "name-with-slash"])
@@ -178,13 +161,33 @@ def test_resuming_a_finished_run_says_so_and_touches_nothing(tmp_path):
 
 # -- 3. the spool never loses or silently skips ----------------------------------------------------------
 
-def test_a_garbage_line_and_a_torn_line_are_set_aside_and_the_rest_drains(mlflow_server, tmp_path):
-    args = mlflow_sets(mlflow_server.uri, "training.max_steps=40", "training.eval_every=20",
-                       "training.checkpoint_every=10")
+def test_killed_run_data_gone_then_a_garbage_and_a_torn_spool_line(mlflow_server, tmp_path):
+    """One kill -9, two faults in turn (one trained and killed run serves both; merged to save its cost):
+    resume with its data gone exits 2 and repairs the RUNNING status; with the data back and a garbage and a
+    torn line in the spool, resume sets those aside and the rest drains, each step once."""
+    data = tmp_path / "train.txt"
+    text = (SHAKESPEARE / "valid.txt").read_text()[:150_000]
+    data.write_text(text)
+    args = mlflow_sets(mlflow_server.uri, "data.source=text", f"data.train_files=[{data}]", "training.max_steps=40",
+                       "training.eval_every=20", "training.checkpoint_every=10")
     proc = start(tmp_path, "run", "--run-name", "torn", *args)
     run_dir = tmp_path / "runs" / "torn"
     wait_until(lambda: checkpoint_step(run_dir) >= 10 and last_step(run_dir) >= 15, "step 15", proc=proc)
     kill9(proc)
+    run_id = run_id_of(run_dir)
+    client = mlflow_server.client()
+    assert client.get_run(run_id).info.status == "RUNNING"  # what kill -9 leaves
+
+    # Its data gone: one clean line, exit 2, the status repaired, the record kept.
+    data.unlink()
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    r = cli("resume", str(run_dir), cwd=tmp_path)
+    assert_one_clean_line(r, "does not exist", "train.txt")
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert (run_dir / "metrics.jsonl").read_bytes().startswith(before[: len(before) // 2])  # the record is kept
+
+    # The data back, a damaged spool: garbage and a torn line are set aside, the rest drains.
+    data.write_text(text)
     with open(run_dir / "mlflow" / "spool.jsonl", "a") as f:
         f.write('{"k": "bogus"}\nnot json at all\n[1, 2]\n{"k": "metrics", "step": 9')  # the last one torn
     r = cli("resume", str(run_dir), cwd=tmp_path)
@@ -193,45 +196,11 @@ def test_a_garbage_line_and_a_torn_line_are_set_aside_and_the_rest_drains(mlflow
     assert len(quarantined) == 4, quarantined
     state = json.loads((run_dir / "mlflow" / "state.json").read_text())
     assert state["acked"] == (run_dir / "mlflow" / "spool.jsonl").stat().st_size  # everything else went
-    client = mlflow_server.client()
-    run = client.get_run(state["run_id"])
+    assert state["run_id"] == run_id
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert dict(server_losses(client, run.info.run_id)) == dict(metric_lines(run_dir))
     assert [s for s, _ in server_losses(client, run.info.run_id)] == list(range(1, 41))  # each step once
-
-
-def test_sync_to_a_server_that_lost_the_run_acknowledges_nothing_then_delivers(mlflow_server, tmp_path):
-    server_a = MlflowServer(tmp_path)
-    server_a.start()
-    try:
-        args = mlflow_sets(server_a.uri, *LONG)
-        proc = start(tmp_path, "run", "--run-name", "lost", *args,
-                     env={"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "1"})
-        run_dir = tmp_path / "runs" / "lost"
-        wait_until(lambda: last_step(run_dir) >= 5, "step 5", proc=proc)
-        server_a.stop()  # the server goes away mid-run...
-        wait_until(lambda: last_step(run_dir) >= 20, "step 20", proc=proc)
-        proc.send_signal(signal.SIGTERM)  # ...and the run ends while it is away
-        proc.communicate(timeout=120)
-        assert proc.returncode == 130
-        acked = json.loads((run_dir / "mlflow" / "state.json").read_text())["acked"]
-        assert acked < (run_dir / "mlflow" / "spool.jsonl").stat().st_size
-
-        # Another server (as after a restart with an empty database): it never heard of the run.
-        r = cli("sync", str(run_dir), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
-        assert r.returncode == 1, r.stdout + r.stderr
-        assert "does not exist" in r.stderr and "still unsent" in r.stdout
-        assert json.loads((run_dir / "mlflow" / "state.json").read_text())["acked"] == acked  # nothing marked sent
-
-        server_a.start()  # the right server: everything arrives
-        r = cli("sync", str(run_dir), cwd=tmp_path)
-        assert r.returncode == 0 and "everything is on the server" in r.stdout, r.stdout + r.stderr
-        client = server_a.client()
-        run = client.get_run(run_id_of(run_dir))
-        assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
-        assert dict(server_losses(client, run.info.run_id)) == dict(metric_lines(run_dir))
-    finally:
-        server_a.stop()
 
 
 def test_an_event_the_server_refuses_is_kept_with_its_reason_and_sync_says_so(mlflow_server, tmp_path):
@@ -251,26 +220,67 @@ def test_an_event_the_server_refuses_is_kept_with_its_reason_and_sync_says_so(ml
 
 # -- 4. one tracked run per run ----------------------------------------------------------------------------
 
-def test_server_down_at_start_then_kill_9_then_resume_is_one_run_with_every_step_once(tmp_path):
-    server = MlflowServer(tmp_path)  # not started yet: its port answers nothing
-    args = mlflow_sets(server.uri, "tracking.required=false", "training.max_steps=40", "training.eval_every=20",
-                       "training.checkpoint_every=10")
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of this module's own, for the tests that must have it down or stop it (the session's stays up).
+    Made here, started by the tests: the two below share it, which saves a server start."""
+    server = MlflowServer(tmp_path_factory.mktemp("own-server"))
+    yield server
+    server.stop()
+
+
+def test_server_down_at_start_then_kill_9_then_resume_is_one_run_with_every_step_once(own_server, tmp_path):
+    server = own_server
+    server.stop()  # not started yet (a no-op then): its port answers nothing
+    args = sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={server.uri}",
+                "tracking.experiment=faults-late", "tracking.required=false", "training.max_steps=40",
+                "training.eval_every=20", "training.checkpoint_every=10")
     proc = start(tmp_path, "run", "--run-name", "late", *args)
     run_dir = tmp_path / "runs" / "late"
     wait_until(lambda: checkpoint_step(run_dir) >= 10 and last_step(run_dir) >= 15, "step 15", proc=proc)
     kill9(proc)
     assert run_id_of(run_dir) is None  # never created: the server was down the whole time
-    server.start()
-    try:
-        r = cli("resume", str(run_dir), cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        client = server.client()
-        runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
-        assert len(runs) == 1 and runs[0].info.run_id == run_id_of(run_dir)
-        assert runs[0].info.status == "FINISHED"
-        assert [s for s, _ in server_losses(client, runs[0].info.run_id)] == list(range(1, 41))
-    finally:
-        server.stop()
+    server.start()  # left up: the next test uses it
+    r = cli("resume", str(run_dir), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    client = server.client()
+    runs = client.search_runs([client.get_experiment_by_name("faults-late").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == run_id_of(run_dir)
+    assert runs[0].info.status == "FINISHED"
+    assert [s for s, _ in server_losses(client, runs[0].info.run_id)] == list(range(1, 41))
+
+
+def test_sync_to_a_server_that_lost_the_run_acknowledges_nothing_then_delivers(mlflow_server, own_server,
+                                                                                   tmp_path):
+    server_a = own_server  # after the test above: already up, so it is started once for both
+    if server_a.proc is None:
+        server_a.start()
+    args = mlflow_sets(server_a.uri, *LONG)
+    proc = start(tmp_path, "run", "--run-name", "lost", *args,
+                 env={"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "1"})
+    run_dir = tmp_path / "runs" / "lost"
+    wait_until(lambda: last_step(run_dir) >= 5, "step 5", proc=proc)
+    server_a.stop()  # the server goes away mid-run...
+    wait_until(lambda: last_step(run_dir) >= 20, "step 20", proc=proc)
+    proc.send_signal(signal.SIGTERM)  # ...and the run ends while it is away
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    acked = json.loads((run_dir / "mlflow" / "state.json").read_text())["acked"]
+    assert acked < (run_dir / "mlflow" / "spool.jsonl").stat().st_size
+
+    # Another server (as after a restart with an empty database): it never heard of the run.
+    r = cli("sync", str(run_dir), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "does not exist" in r.stderr and "still unsent" in r.stdout
+    assert json.loads((run_dir / "mlflow" / "state.json").read_text())["acked"] == acked  # nothing marked sent
+
+    server_a.start()  # the right server: everything arrives
+    r = cli("sync", str(run_dir), cwd=tmp_path)
+    assert r.returncode == 0 and "everything is on the server" in r.stdout, r.stdout + r.stderr
+    client = server_a.client()
+    run = client.get_run(run_id_of(run_dir))
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
+    assert dict(server_losses(client, run.info.run_id)) == dict(metric_lines(run_dir))
 
 
 def test_an_inexact_resume_leaves_mlflow_wandb_and_jsonl_agreeing_at_every_step(mlflow_server, tmp_path):

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import cli, free_port, records, sets, wait_until
+from conftest import SIDE_BY_SIDE, cli, free_port, records, sets, wait_until
 
 import tracked_train
 
@@ -188,13 +188,32 @@ def test_cli_generate_matches_the_api(tracked):
     assert r.stdout.rstrip("\n") == tracked_train.generate(run_dir, "Ada", max_new_tokens=12, seed=5)
 
 
-def test_hf_export_logits_match(tracked, tmp_path):
+def test_hf_and_safetensors_exports_and_refusals(tracked, tmp_path):
+    """Both formats and the refused exports, as five `export` processes started at once (two cores: most of a
+    command's time is its start-up). Merged from test_hf_export_logits_match and
+    test_safetensors_export_and_refusals."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tracked_train.inference import load_files
+
     run_dir, _, _ = tracked
-    r = cli("export", str(run_dir), "--format", "hf", "--out", str(tmp_path / "hf"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    commands = {"hf": [str(run_dir), "--format", "hf", "--out", str(tmp_path / "hf")],
+                "safetensors": [str(run_dir), "--format", "safetensors", "--out", str(tmp_path / "st")],
+                "taken": [str(run_dir), "--out", str(tmp_path / "taken")],
+                "onnx": [str(run_dir), "--out", str(tmp_path / "x"), "--format", "onnx"],
+                "nowhere": [str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "tracked_train", "export", *args], cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, **SIDE_BY_SIDE})
+             for name, args in commands.items()}
+    done = {name: (p.communicate(timeout=300), p.returncode) for name, p in procs.items()}
+    r = {name: subprocess.CompletedProcess(commands[name], code, out, err) for name, ((out, err), code) in done.items()}
+
+    # --format hf: a model transformers loads (StableLM for this design), with our logits.
+    assert r["hf"].returncode == 0, r["hf"].stderr
     ours, tok = tracked_train.load(run_dir)
     assert ours.config.n_kv_heads < ours.config.n_heads  # grouped-query attention is mapped too
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -204,27 +223,16 @@ def test_hf_export_logits_match(tracked, tmp_path):
         diff = (ours(ids)[0] - theirs(ids).logits).abs().max().item()
     assert diff <= 1e-4, diff
 
-
-def test_safetensors_export_and_refusals(tracked, tmp_path):
-    import torch
-
-    from tracked_train.inference import load_files
-
-    run_dir, _, _ = tracked
-    r = cli("export", str(run_dir), "--format", "safetensors", "--out", str(tmp_path / "st"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    # --format safetensors: our own loader gives the same model.
+    assert r["safetensors"].returncode == 0, r["safetensors"].stderr
     model, tok = load_files(tmp_path / "st")
-    ours, _ = tracked_train.load(run_dir)
     ids = torch.tensor([tok.encode("Ada")])
     with torch.no_grad():
         assert torch.equal(model(ids)[0], ours(ids)[0])
 
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "keep.txt").write_text("mine")
-    for args in (["--out", str(tmp_path / "taken")], ["--out", str(tmp_path / "x"), "--format", "onnx"]):
-        r = cli("export", str(run_dir), *args, cwd=tmp_path)
-        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    r = cli("export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"), cwd=tmp_path)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # Refusals: an occupied folder, an unknown format, no run there.
+    for name in ("taken", "onnx"):
+        assert r[name].returncode == 2 and "Traceback" not in r[name].stderr, r[name].stderr
+    assert r["nowhere"].returncode == 2 and len(r["nowhere"].stderr.strip().splitlines()) == 1, r["nowhere"].stderr
     assert os.listdir(tmp_path / "taken") == ["keep.txt"] and not (tmp_path / "y").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written export left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -11,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, metric_lines, sets, wait_until
+from conftest import SIDE_BY_SIDE, cli, metric_lines, sets, wait_until
 
 from tracked_train.errors import CheckpointError
 from tracked_train.mlflow.store import _safe_join
 
-SLOW = ("model.d_model=128", "training.max_steps=300", "training.checkpoint_every=20", "training.eval_every=100",
+SLOW = ("model.d_model=128", "training.max_steps=160", "training.checkpoint_every=20", "training.eval_every=100",
         "model.dropout=0.1", "training.precision=fp32")
 
 
@@ -43,10 +44,28 @@ def server_checkpoint_step(client, run_id, tmp: Path) -> int:
 
 @pytest.fixture(scope="module")
 def straight(mlflow_server, tmp_path_factory):
+    """Run A, uninterrupted. It trains in the background: the first test trains its own run beside it (two
+    cores), and each test waits for it (``straight()``, its folder) only where it needs it."""
     cwd = tmp_path_factory.mktemp("straight")
-    r = cli("run", "--run-name", "A", *mlflow_args(mlflow_server, *SLOW), cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return cwd / "runs" / "A"
+    client = mlflow_server.client()
+    if client.get_experiment_by_name("resume-tests") is None:  # two runs starting at once would race to create it
+        client.create_experiment("resume-tests")
+    proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "A",
+                             *mlflow_args(mlflow_server, *SLOW)],
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **SIDE_BY_SIDE})
+
+    def finished() -> Path:
+        if proc.returncode is None:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+        assert proc.returncode == 0
+        return cwd / "runs" / "A"
+
+    yield finished
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def test_kill_9_delete_folder_resume_from_server_equals_straight_run(mlflow_server, straight, tmp_path):
@@ -56,7 +75,8 @@ def test_kill_9_delete_folder_resume_from_server_equals_straight_run(mlflow_serv
     machine2.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "B",
                              *mlflow_args(mlflow_server, *SLOW)],
-                            cwd=machine1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=machine1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **SIDE_BY_SIDE})  # beside A; the same thread count as A
     b = machine1 / "runs" / "B"
     wait_until(lambda: (b / "mlflow" / "state.json").exists() and run_id_of(b), "the MLflow run", 120, proc)
     run_id = run_id_of(b)
@@ -64,19 +84,20 @@ def test_kill_9_delete_folder_resume_from_server_equals_straight_run(mlflow_serv
                "checkpoint 40 on the server", 120, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(history(client, run_id)) < 300, "the run finished before it could be killed"
+    assert len(history(client, run_id)) < 160, "the run finished before it could be killed"
     assert client.get_run(run_id).info.status == "RUNNING"
     shutil.rmtree(machine1)  # the first machine is gone
 
-    r = cli("resume", f"mlflow:{run_id}", cwd=machine2, env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    r = cli("resume", f"mlflow:{run_id}", cwd=machine2, env={"MLFLOW_TRACKING_URI": mlflow_server.uri, **SIDE_BY_SIDE})
     assert r.returncode == 0, r.stderr
-    a_id = run_id_of(straight)
+    a_dir = straight()  # A trained beside B meanwhile
+    a_id = run_id_of(a_dir)
     assert history(client, run_id) == history(client, a_id)  # every step once, value for value
-    assert [s for s, _ in history(client, run_id)] == list(range(1, 301))
+    assert [s for s, _ in history(client, run_id)] == list(range(1, 161))
     assert history(client, run_id, "val/loss") == history(client, a_id, "val/loss")
     info = client.get_run(run_id)
     assert info.info.status == "FINISHED" and info.data.tags["stop_reason"] == "completed"
-    wa = torch.load(straight / "checkpoints/last/checkpoint.pt", weights_only=True)["model"]
+    wa = torch.load(a_dir / "checkpoints/last/checkpoint.pt", weights_only=True)["model"]
     wb = torch.load(machine2 / "runs/B/checkpoints/last/checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -111,7 +132,7 @@ def test_malicious_pickle_on_the_server_is_refused_before_it_runs(mlflow_server,
         state["payload"] = _Evil(str(marker))
         checkpoint.save(folder, state, {n: (folder / n).read_bytes() for n in ["config.yaml", "tokenizer.model"]})
 
-    run_id = _copy_run_with(mlflow_server.client(), run_id_of(straight), tmp_path / "dl", plant)
+    run_id = _copy_run_with(mlflow_server.client(), run_id_of(straight()), tmp_path / "dl", plant)
     for cmd in (["resume", f"mlflow:{run_id}"], ["generate", f"mlflow:{run_id}", "--prompt", "x"]):
         r = cli(*cmd, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server.uri,
                                           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
@@ -126,7 +147,7 @@ def test_byte_flipped_checkpoint_fails_the_manifest(mlflow_server, straight, tmp
         data[len(data) // 2] ^= 0xFF
         (folder / "checkpoint.pt").write_bytes(bytes(data))
 
-    run_id = _copy_run_with(mlflow_server.client(), run_id_of(straight), tmp_path / "dl", flip)
+    run_id = _copy_run_with(mlflow_server.client(), run_id_of(straight()), tmp_path / "dl", flip)
     r = cli("resume", f"mlflow:{run_id}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert r.returncode == 2
     assert "does not match its manifest" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
@@ -142,30 +163,30 @@ def test_artifact_paths_that_escape_are_refused(tmp_path):
 
 def test_config_change_refused_then_recorded_and_fork_leaves_old_run_untouched(mlflow_server, straight, tmp_path):
     client = mlflow_server.client()
-    a_id = run_id_of(straight)
+    a_id = run_id_of(straight())
     before = history(client, a_id)
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
-    r = cli("resume", f"mlflow:{a_id}", "--fork", "--set", "training.max_steps=310", "--set", "training.lr=5e-4",
+    r = cli("resume", f"mlflow:{a_id}", "--fork", "--set", "training.max_steps=170", "--set", "training.lr=5e-4",
             cwd=tmp_path, env=env)
     assert r.returncode == 2
-    assert "training.max_steps: 300 -> 310" in r.stderr and "training.lr: 0.001 -> 0.0005" in r.stderr
+    assert "training.max_steps: 160 -> 170" in r.stderr and "training.lr: 0.001 -> 0.0005" in r.stderr
 
-    r = cli("resume", f"mlflow:{a_id}", "--fork", "--set", "training.max_steps=310", "--allow-config-change",
+    r = cli("resume", f"mlflow:{a_id}", "--fork", "--set", "training.max_steps=170", "--allow-config-change",
             cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     forks = client.search_runs([client.get_run(a_id).info.experiment_id],
                                filter_string=f"tags.resumed_from = '{a_id}'")
     assert len(forks) == 1
     fork = forks[0]
-    assert json.loads(fork.data.tags["config_changes"]) == {"training.max_steps": [300, 310]}
-    assert [s for s, _ in history(client, fork.info.run_id)] == list(range(301, 311))
+    assert json.loads(fork.data.tags["config_changes"]) == {"training.max_steps": [160, 170]}
+    assert [s for s, _ in history(client, fork.info.run_id)] == list(range(161, 171))
     assert "config_changes.json" in [a.path for a in client.list_artifacts(fork.info.run_id)]
     assert history(client, a_id) == before  # the old run is untouched
     assert client.get_run(a_id).info.status == "FINISHED"
 
 
 def test_generate_and_init_from_the_server(mlflow_server, straight, tmp_path):
-    a_id = run_id_of(straight)
+    a_id = run_id_of(straight())
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
     g = cli("generate", f"runs:/{a_id}", "--prompt", "Ada", "--max-new-tokens", "20", cwd=tmp_path, env=env)
     assert g.returncode == 0, g.stderr

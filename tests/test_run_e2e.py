@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import SHAKESPEARE, cli, metric_lines, records, sets, wait_until
+from conftest import SHAKESPEARE, SIDE_BY_SIDE, cli, metric_lines, records, sets, wait_until
 
 METRICS = {"train/loss", "train/lr", "train/perplexity", "train/grad_norm", "train/tokens_per_sec",
            "train/tokens_seen"}
@@ -88,10 +89,11 @@ RESUME = ("training.max_steps=60", "training.checkpoint_every=10", "training.eva
 def test_exact_resume_after_sigkill(tmp_path):
     """Kill -9 after a checkpoint, resume: the loss curve and weights equal an uninterrupted run's."""
     # The uninterrupted run trains beside the one to kill (two cores), not before it.
+    env = {**os.environ, **SIDE_BY_SIDE}
     straight = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "a", *sets(*RESUME)],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "b", *sets(*RESUME)],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     b = tmp_path / "runs" / "b"
     wait_until(lambda: _last_checkpoint_step(b) >= 10 and max(_steps_logged(b), default=0) >= 12,
                "a checkpoint and two more steps", 120, proc)
@@ -104,7 +106,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     _, err = straight.communicate(timeout=600)
     assert straight.returncode == 0, err
 
-    resumed = cli("resume", str(b), cwd=tmp_path)
+    resumed = cli("resume", str(b), cwd=tmp_path, env=SIDE_BY_SIDE)  # the thread count a and b had
     assert resumed.returncode == 0, resumed.stderr
     assert metric_lines(b) == metric_lines(tmp_path / "runs" / "a")  # every step once, values equal
     wa = torch.load(tmp_path / "runs/a/checkpoints/last/checkpoint.pt", weights_only=True)["model"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import metric_lines, records, sets
+from conftest import SIDE_BY_SIDE, metric_lines, records, sets
 from test_wandb import artifacts, flat_config, history, summary, wandb_env, wandb_records
 
 from tracked_train.config import Config
@@ -94,7 +94,8 @@ def _start(backend: str, cwd: Path, home: Path, *extra: str) -> subprocess.Popen
         [sys.executable, "-m", "tracked_train", "run", "--run-name", f"parity-{backend}",
          *sets("training.precision=fp32", "training.max_steps=8", "training.eval_every=4",
                "training.checkpoint_every=4", *extra)],
-        cwd=cwd, env={**os.environ, **wandb_env(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=cwd, env={**os.environ, **SIDE_BY_SIDE, **wandb_env(home)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import cli, free_port, metric_lines, records, sets
+from conftest import SIDE_BY_SIDE, cli, free_port, metric_lines, records, sets
 
 from tracked_train.config import Config
 from tracked_train.early_stopping import Stop
@@ -99,7 +99,7 @@ def runs(tmp_path_factory):
     procs = {name: subprocess.Popen(
         [sys.executable, "-m", "tracked_train", "run", "--run-name", name, *args, *sets(*COMMON)], cwd=cwd,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT": "1"}) for name, args in extra.items()}
+        env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT": "1"}) for name, args in extra.items()}
     errs = {name: p.communicate(timeout=300)[1] for name, p in procs.items()}
     hook.close()
     hanging.close()
