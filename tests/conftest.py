@@ -44,6 +44,19 @@ def _cache(tmp_path_factory):
     os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)  # it names the experiment of every run the tests start
 
 
+@pytest.fixture(autouse=True)
+def _package_logger_as_found():
+    """In-process CLI calls (click's CliRunner) set the package's logger up for a terminal; caplog in the
+    tests after them needs it as it was."""
+    import logging
+
+    log = logging.getLogger("tracked_train")
+    handlers, propagate, level = list(log.handlers), log.propagate, log.level
+    yield
+    log.handlers[:] = handlers
+    log.propagate, log.level = propagate, level
+
+
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m tracked_train ARGS`` in a child process, as a user would."""
     return subprocess.run([sys.executable, "-m", "tracked_train", *args], cwd=cwd, capture_output=True,

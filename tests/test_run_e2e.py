@@ -57,7 +57,7 @@ def test_run_folder_contents_and_metrics_schema(shakespeare_run):
     log = (run_dir / "train.log").read_text()
     assert "Completed all 60 steps." in log and "train loss" in log and "%" in log
     assert "stopped: Completed all 60 steps. [stop_reason=completed]" in result.stderr  # said once
-    assert "s of training in all" in result.stderr  # the total wall time
+    assert " of training in all" in result.stderr  # the total wall time
 
 
 def test_generate_from_run_folder(shakespeare_run):

@@ -17,6 +17,7 @@ artifact store and is untrusted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,11 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _disk_full(path: Path) -> bool:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 def save(folder: Path, state: dict[str, Any], files: dict[str, bytes]) -> None:
     """Atomically replace ``folder`` with a checkpoint of ``state`` plus ``files``."""
     import torch
@@ -69,7 +75,12 @@ def save(folder: Path, state: dict[str, Any], files: dict[str, bytes]) -> None:
     tmp.mkdir()
     try:
         with open(tmp / STATE_FILE, "wb") as f:
-            torch.save(state, f)
+            try:
+                torch.save(state, f)
+            except RuntimeError as e:  # torch's zip writer reports a full disk as "unexpected pos"
+                if _disk_full(tmp):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / STATE_FILE)) from None
+                raise e
             f.flush()
             os.fsync(f.fileno())
         for name, data in files.items():

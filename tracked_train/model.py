@@ -2,9 +2,9 @@
 
 Pre-norm blocks and causal ``scaled_dot_product_attention`` with grouped-query
 attention (``n_kv_heads`` key/value heads shared by ``n_heads`` query heads).
-The default is the Llama recipe, measured best per CPU-minute here
-(docs/benchmarks.md): rotary positions, RMSNorm, a SwiGLU MLP, no biases, and
-the output projection tied to the token embedding. Each choice has a switch in
+The default, measured best per CPU-minute here (docs/benchmarks.md): rotary
+positions, LayerNorm, a SwiGLU MLP, no biases in the linear layers, and the
+output projection tied to the token embedding. Each choice has a switch in
 :class:`GPTConfig`; the other side of each is the GPT-2 design (learned
 positions, LayerNorm, GELU) that checkpoints made before the switches hold.
 """
@@ -58,7 +58,7 @@ def rope_table(head_dim: int, seq_len: int) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    # One complex multiply: measured 3x faster on CPU than the rotate-half form's mul, cat and neg.
+    # One complex multiply: fewer CPU kernels than the rotate-half form's mul, cat, neg and add.
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
 
