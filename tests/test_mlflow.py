@@ -48,6 +48,18 @@ def completed(mlflow_server, tmp_path_factory):
     return run_dir, run_id_of(run_dir)
 
 
+def test_system_metrics_from_mlflows_own_monitor(mlflow_server, tmp_path):
+    """tracking.system_metrics: MLflow's monitor samples the machine into the run (system/*), and stops first."""
+    r = cli("run", "--run-name", "sys", *mlflow_sets(mlflow_server, "training.max_steps=120", "training.eval_every=60",
+                                                       "tracking.system_metrics=true"),
+            cwd=tmp_path, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
+    assert r.returncode == 0, r.stderr
+    run = mlflow_server.client().get_run(run_id_of(tmp_path / "runs" / "sys"))
+    assert run.info.status == "FINISHED"
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert not any(k.startswith("system/") for rec in records(tmp_path / "runs" / "sys") for k in rec)
+
+
 def test_params_metrics_tags_status(mlflow_server, completed):
     run_dir, run_id = completed
     client = mlflow_server.client()

@@ -62,9 +62,9 @@ def test_select_both_runs_and_compare(mlflow_server, runs, page, tmp_path):
     client = mlflow_server.client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"  # created by the runs
-    # The experiment's own page opens on the runs table (MLflow 3 opens an experiment it cannot tell is
-    # model training on its GenAI overview), with both runs listed and nothing clicked to get there.
-    page.goto(f"{runs.uri}/#/experiments/{experiment.experiment_id}")
+    # MLflow 3.17's UI opens every experiment in its GenAI view unless the workflow toggle (or this URL
+    # parameter) says "Model training"; with it, the experiment's page is the runs table, both runs listed.
+    page.goto(f"{runs.uri}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
     for run_id in runs.ids.values():
         # AG Grid keys each row by the MLflow run id.
         page.locator(f'[role="row"][row-id="{run_id}"] .ag-selection-checkbox input').check()

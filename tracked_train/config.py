@@ -132,6 +132,8 @@ class TrackingConfig:
     # false: no MLflow Logged Model at the end (the best values are still run metrics). Sweeps and tests
     # save its upload; the checkpoints stay run artifacts either way.
     log_model: bool = True
+    # MLflow's own system metrics monitor (CPU, memory, disk, network, GPU) on the MLflow run.
+    system_metrics: bool = False
     # W&B: None falls back to WANDB_PROJECT / WANDB_ENTITY, then project "tracked-train".
     wandb_project: str | None = None
     wandb_entity: str | None = None

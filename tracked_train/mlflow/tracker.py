@@ -34,6 +34,7 @@ from ..redact import redact, strip_userinfo
 from ..trackers.base import Outcome, RunInfo, Tracker
 from ..trackers.snapshot import snapshot
 from ..trackers.spool import QUARANTINE, REJECTED, SPOOL, STATE, Blocked, Sender, Spool
+from . import system_metrics
 from .client import DEFAULT_URI, tracking_uri
 from .sink import MlflowSink
 
@@ -92,6 +93,7 @@ class MlflowTracker(Tracker):
         self._uploads: dict[str, Path] = {}  # artifact path -> its newest snapshot not yet known sent
         self._register: str | None = None  # tracking.register_model
         self._log_model = True  # tracking.log_model
+        self._monitor: Any = None  # MLflow's system metrics monitor (tracking.system_metrics)
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
@@ -156,6 +158,8 @@ class MlflowTracker(Tracker):
                 ) from None
             log.warning("MLflow at %s is not reachable (%s); training anyway, events are spooled to %s",
                         strip_userinfo(uri), describe(e, 200), self.spool.path)
+            if tc.system_metrics:
+                log.warning("mlflow: no system metrics in this attempt: MLflow's monitor sends to the run directly")
             if not self._continuing:
                 self.spool.append({"k": "create", "t": _now_ms(), "experiment_name": tc.experiment, "tags": tags})
             elif self.run_id:
@@ -164,6 +168,8 @@ class MlflowTracker(Tracker):
             log.info("mlflow: run %s in experiment '%s' at %s", self.run_id or "(created when the server answers)",
                      tc.experiment, strip_userinfo(uri))
             _drain_previous(folder, uri, run.run_dir)
+            if tc.system_metrics:
+                self._monitor = system_metrics.start(uri, self.run_id, resuming=self._continuing)
         # Each request costs the server ~50 ms of CPU whatever its size: send in batches a few seconds apart.
         interval = float(os.environ.get("TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S", "1"))
         self.sender = Sender(self.spool, sink, "mlflow", interval_s=interval)
@@ -267,6 +273,8 @@ class MlflowTracker(Tracker):
     def finish(self, outcome: Outcome) -> None:
         if self.sender is None:
             return
+        system_metrics.stop(self._monitor)
+        self._monitor = None
         stop = outcome.stop
         try:
             self._final_artifacts(outcome)
@@ -298,6 +306,8 @@ class MlflowTracker(Tracker):
         """This attempt never trained: a new run is deleted, a reopened one gets its earlier status back."""
         if self.sender is None:
             return
+        system_metrics.stop(self._monitor)
+        self._monitor = None
         if self._continuing:
             self.spool.append({"k": "end", "status": self._status_before or "KILLED", "t": _now_ms()})
         else:
