@@ -173,13 +173,21 @@ def _server_runs(store: Store, experiment: str) -> list[Run] | None:
     return out
 
 
-def _with_folder(run: Run, folders: Sequence[Run]) -> Run:
-    """A server run whose folder is here gets the folder, and the folder's duration: metrics.jsonl times every
-    segment the same way whichever command reads it, so `runs` and `compare` agree."""
-    twin = next((f for f in folders if run.run_id and f.run_id == run.run_id), None)
+def _with_folder(run: Run, twin: Run | None) -> Run:
+    """A server run whose folder is here (``twin``) gets the folder, and the folder's duration: metrics.jsonl
+    times every segment the same way whichever command reads it, so `runs` and `compare` agree."""
     if twin is not None:
         run.run_dir, run.duration_s = twin.run_dir, twin.duration_s
     return run
+
+
+def _twin(run_id: str | None, output_dir: Path) -> Run | None:
+    """The run folder under ``output_dir`` whose mlflow/state.json names ``run_id`` (only that one is read)."""
+    if run_id and output_dir.is_dir():
+        for d in sorted(output_dir.iterdir()):
+            if is_run_dir(d) and spool_run_id(d / "mlflow") == run_id:
+                return load_local(d)
+    return None
 
 
 def _with_history(store: Store, r: Any) -> Run:
@@ -233,7 +241,8 @@ def list_runs(experiment: str | None, output_dir: Path, store: Store | None = No
         missing_experiment = found is None
         server = found or []
     folders = local_runs(output_dir)
-    server = [_with_folder(r, folders) for r in server]
+    by_id = {f.run_id: f for f in folders if f.run_id}
+    server = [_with_folder(r, by_id.get(r.run_id)) for r in server]
     listed = {r.run_id for r in server}
     local = [r for r in folders if r.run_id not in listed and (experiment is None or r.experiment == experiment)]
     if experiment and missing_experiment and not local:
@@ -279,7 +288,8 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
     from . import sources
 
     if ref.startswith(("mlflow:", "runs:/")):
-        return _with_folder(_with_history(store, store.get(sources.parse(ref).value)), local_runs(output_dir))
+        run = _with_history(store, store.get(sources.parse(ref).value))
+        return _with_folder(run, _twin(run.run_id, output_dir))
     path = Path(ref).expanduser()
     if is_run_dir(path):
         return load_local(path)
@@ -290,7 +300,8 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
         return load_local(output_dir / ref)
     found = store.find(ref)
     if found is not None:
-        found = _with_folder(_with_history(store, found), local_runs(output_dir))
+        found = _with_history(store, found)
+        found = _with_folder(found, _twin(found.run_id, output_dir))
     if found is None:
         raise UserError(f"no run {ref!r}: not a run folder under {output_dir}/ nor an MLflow run name or id at "
                         f"{store.where}; `tracked-train runs` lists them")

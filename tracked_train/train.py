@@ -284,7 +284,7 @@ def train_step(p: Parts) -> tuple[float, float]:
     for micro in range(t.grad_accum):
         x, y = p.data.train.get(p.st.data_position + dist.rank * shard, shard)
         p.st.data_position += t.batch_size
-        if x.device.type != p.device.split(":")[0] and p.device.startswith("cuda"):
+        if p.device.startswith("cuda"):
             x, y = x.pin_memory(), y.pin_memory()  # so the copies below overlap the GPU's work
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
         # Gradients are averaged across ranks once per step, on the last micro-batch.
@@ -368,14 +368,16 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
             with reserve.timing("eval"):
                 stop = _evaluate_and_save_best(p, progress)
         p.st.elapsed_s = time.perf_counter() - clock
-        if t.time_budget_s is not None:
-            _plan_budget(p, reserve.seconds(), progress)
         time_stop = EarlyStopping.check_time(step, p.st.elapsed_s, t.time_budget_s)
         planned_end = p.st.plan.end_step if p.st.plan is not None else t.max_steps
         if time_stop is None and planned_end <= step < t.max_steps:
             time_stop = Stop(StopReason.TIME_BUDGET, f"Used the time budget of {t.time_budget_s:g} s: "
                              f"{step} steps, as planned from the measured speed ({p.st.elapsed_s:.1f} s).", step)
-        out_of_time, interrupted = _agree(time_stop is not None, interrupts.requested is not None)
+        # One agreement per step: under torchrun a re-plan (a collective) happens on all ranks or none.
+        out_of_time, interrupted, plan_due = _agree(time_stop is not None, interrupts.requested is not None,
+                                                    t.time_budget_s is not None and _plan_due(p))
+        if plan_due:
+            _replan(p, reserve.seconds(), progress)
         if stop is None and out_of_time:  # this rank's clock or plan, or (under torchrun) another rank's
             stop = time_stop or EarlyStopping.check_time(step, t.time_budget_s, t.time_budget_s)
         if stop is None and interrupted:
@@ -414,19 +416,22 @@ class Reserve:
         return sum(self.last.values())
 
 
-def _plan_budget(p: Parts, reserve_s: float, progress: Progress) -> None:
-    """Fit the schedule to the time budget (:mod:`schedule`); every rank computes the same plan."""
-    t, st = p.cfg.training, p.st
+def _plan_due(p: Parts) -> bool:
+    """Whether this rank's clock asks for a (re-)plan of the time budget (:mod:`schedule`)."""
+    st = p.st
     if st.pace_from is None:
         st.pace_from = (st.step, st.elapsed_s)  # the first step (allocations, compilation) is not typical
-        return
-    if not schedule.due(st.plan, st.step, st.elapsed_s, t.time_budget_s, st.last_eval_step == st.step):
-        return
+        return False
+    return schedule.due(st.plan, st.step, st.elapsed_s, p.cfg.training.time_budget_s, st.last_eval_step == st.step)
+
+
+def _replan(p: Parts, reserve_s: float, progress: Progress) -> None:
+    """Fit the schedule to what is left of the budget at the measured pace; every rank computes the same plan."""
+    t, st = p.cfg.training, p.st
     s_per_step = (st.elapsed_s - st.pace_from[1]) / max(1, st.step - st.pace_from[0])
+    elapsed = st.elapsed_s
     if distributed.current().enabled:  # the slowest rank sets the pace, so all ranks plan alike
-        s_per_step, reserve_s, elapsed = distributed.all_reduce([s_per_step, reserve_s, st.elapsed_s], op="max")
-    else:
-        elapsed = st.elapsed_s
+        s_per_step, reserve_s, elapsed = distributed.all_reduce([s_per_step, reserve_s, elapsed], op="max")
     st.plan = schedule.replan(st.plan, st.step, elapsed, s_per_step, t.time_budget_s, reserve_s, t)
     progress.set_total(st.plan.end_step)
 
