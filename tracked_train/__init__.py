@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import pandas
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "history", "__version__"]
+from .task import Loss, Task  # the task contract; imports nothing heavy (torch only inside tasks)
+
+__all__ = ["Loss", "Task", "load", "generate", "history", "__version__"]
 
 
 def load(source: str | os.PathLike) -> tuple[Any, Any]:
@@ -31,7 +33,9 @@ def load(source: str | os.PathLike) -> tuple[Any, Any]:
 
     The model is a ``torch.nn.Module`` in eval mode on the CPU; the tokenizer has
     ``encode(text) -> list[int]`` and ``decode(ids) -> str``. The checkpoint is
-    verified against its manifest and loaded weights-only.
+    verified against its manifest and loaded weights-only. For a run of your own
+    task (docs/tasks.md), ``(model, task)``: the task's model and the task built
+    from the run's config and checkpointed state (its code must be importable).
     """
     from .sources import load_model
 
@@ -45,9 +49,14 @@ def generate(source: str | os.PathLike, prompt: str, max_new_tokens: int = 200, 
     ``temperature`` 0 is greedy; ``top_k`` None or 0 samples from the whole vocabulary;
     the same ``seed`` gives the same text.
     """
+    from .errors import UserError
     from .inference import complete
+    from .tokenizer import Tokenizer
 
     model, tok = load(source)
+    if not isinstance(tok, Tokenizer):
+        raise UserError(f"{source} is a model of task {tok.cfg.task}, not a language model: it generates no text; "
+                        "call the model itself (tracked_train.load returns it and its task)")
     return complete(model, tok, [prompt], max_new_tokens, temperature, top_k, seed)[0]
 
 

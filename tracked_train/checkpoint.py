@@ -32,7 +32,7 @@ __all__ = ["CheckpointError", "clean", "config_of", "load", "load_weights", "loc
 STATE_FILE = "checkpoint.pt"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("step", "loop", "model", "optimizer", "scaler", "early_stopping", "rng", "config", "tokenizer")
+REQUIRED_KEYS = ("step", "loop", "model", "optimizer", "scaler", "early_stopping", "rng", "config", "task_state")
 
 
 def _sha256(path: Path) -> str:
@@ -178,10 +178,12 @@ def load(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {folder} refused: {describe(e)}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder} is not a tracked-train checkpoint of format {FORMAT_VERSION}")
+    if "task_state" not in state and isinstance(state.get("tokenizer"), torch.Tensor):
+        state["task_state"] = {"tokenizer": state.pop("tokenizer")}  # the language model's, before tasks existed
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if (missing or not isinstance(state.get("step"), int) or not isinstance(state.get("model"), dict)
-            or not isinstance(state.get("tokenizer"), torch.Tensor)):
-        what = f"lacks {', '.join(missing)}" if missing else "has a malformed step, model or tokenizer"
+            or not isinstance(state.get("task_state"), dict)):
+        what = f"lacks {', '.join(missing)}" if missing else "has a malformed step, model or task state"
         raise CheckpointError(f"checkpoint {folder} {what}; it is damaged or not a tracked-train checkpoint")
     config_of(state, folder)
     return state
@@ -199,7 +201,7 @@ def config_of(state: dict[str, Any], where: Path | str = "the checkpoint") -> An
     from .names import problem, sanitise
 
     try:
-        nested = {sec: dict(vals) for sec, vals in state["config"].items()}
+        nested = {sec: vals if sec == "task" else dict(vals) for sec, vals in state["config"].items()}
         nested["model"] = {**GPT2_DESIGN, **nested.get("model", {})}  # saved before the switches existed
         nested["training"] = {"optimizer": "adamw", **nested.get("training", {})}
         name = nested.get("run", {}).get("name")
@@ -224,16 +226,25 @@ def load_weights(model: Any, weights: dict[str, Any], where: Path | str = "the c
                               f"({describe(e, 200)}); it is damaged or was edited") from None
 
 
-def restore_model(state: dict[str, Any], where: Path | str = "the checkpoint") -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) of a :func:`load`-ed state: the model its config describes, its weights."""
-    from .model import GPT
-    from .tokenizer import Tokenizer
-    from .train import gpt_config
+def restore_task(state: dict[str, Any], where: Path | str = "the checkpoint") -> tuple[Any, Any]:
+    """(model in eval mode, task) of a :func:`load`-ed state: the task its config names, its model, its weights."""
+    from . import task as tasks
+    from .train import build_model
 
-    tok = Tokenizer(state["tokenizer"].numpy().tobytes())
-    model = GPT(gpt_config(config_of(state, where), tok.vocab_size))
+    task = tasks.create(config_of(state, where))
+    task.load_state(state["task_state"])
+    model = build_model(task)
     load_weights(model, state["model"], where)
-    return model.eval(), tok
+    return model.eval(), task
+
+
+def restore_model(state: dict[str, Any], where: Path | str = "the checkpoint") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) of a language model's :func:`load`-ed state."""
+    model, task = restore_task(state, where)
+    if task.cfg.task != "lm":
+        raise CheckpointError(f"checkpoint {where} is of task {task.cfg.task}, not a language model; "
+                              "use tracked_train.load, which returns any task's model")
+    return model, task.tokenizer
 
 
 def clean(checkpoints: Path) -> None:

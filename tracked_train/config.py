@@ -112,9 +112,14 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
-    patience: int | None = field(default=None, metadata=_range(1, 10**9))  # in evaluations
+    # The metric followed for patience, the target, the best checkpoint and sweeps (None: the task's own,
+    # val/loss for the language model), and whether lower (min) or higher (max) is better (None: the task's).
+    monitor: str | None = None
+    mode: Literal["min", "max"] | None = None
+    patience: int | None = field(default=None, metadata=_range(1, 10**9))  # in evaluations (of a val/ monitor)
     min_delta: float = field(default=0.0, metadata=_range(0.0, 1e9))
-    target_loss: float | None = None
+    target: float | None = None  # stop once the monitor reaches it (at or below for min, at or above for max)
+    target_loss: float | None = None  # the name of `target` before the monitor was configurable
     # Diverged when the smoothed train loss climbs this many times above its best.
     divergence_factor: float | None = field(default=3.0, metadata=_range(1.0, 1e9, lo_open=True))
 
@@ -153,6 +158,10 @@ class ConsoleConfig:
 
 @dataclass(frozen=True)
 class Config:
+    # The task: built-in name (lm), module.path:Class, path/to/file.py:Class or an entry point (tracked_train.task).
+    task: str = "lm"
+    # The task's own settings (its Settings dataclass), every one filled in: validated by `build`.
+    task_args: Mapping[str, Any] = field(default_factory=dict)
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -171,24 +180,39 @@ class Config:
         """
         from .redact import redact
 
-        out: dict[str, dict[str, Any]] = {}
-        for sec in dataclasses.fields(self):
-            values = redact({k: v for k, v in dataclasses.asdict(getattr(self, sec.name)).items()})
-            out[sec.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        out: dict[str, Any] = {"task": self.task}
+        if self.task_args:
+            args = redact(dict(self.task_args))
+            out["task_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+        for sec in SECTIONS:
+            values = redact({k: v for k, v in dataclasses.asdict(getattr(self, sec)).items()})
+            out[sec] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         return out
 
     def flat(self) -> dict[str, Any]:
-        """``{"training.lr": 0.001, ...}``: the stable dotted names trackers log as params."""
-        return {f"{s}.{k}": v for s, vals in self.to_dict().items() for k, v in vals.items()}
+        """``{"task": "lm", "training.lr": 0.001, ...}``: the stable dotted names trackers log as params."""
+        out: dict[str, Any] = {}
+        for s, vals in self.to_dict().items():
+            if isinstance(vals, dict):
+                out.update({f"{s}.{k}": v for k, v in vals.items()})
+            else:
+                out[s] = vals
+        return out
 
     def replace(self, **dotted: Any) -> Config:
         """A copy with dotted keys replaced by already-typed values (no validation)."""
         sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
         for key, value in dotted.items():
+            if key == "task":
+                top["task"] = value
+                continue
             sec, name = key.split(".", 1)
             sections.setdefault(sec, {})[name] = value
+        if "task_args" in sections:
+            top["task_args"] = {**self.task_args, **sections.pop("task_args")}
         return dataclasses.replace(
-            self, **{s: dataclasses.replace(getattr(self, s), **v) for s, v in sections.items()}
+            self, **top, **{s: dataclasses.replace(getattr(self, s), **v) for s, v in sections.items()}
         )
 
 
@@ -200,9 +224,14 @@ MODEL_SHAPE_KEYS = (
 )
 
 
+# The sections of dotted keys (the task and its task_args are handled apart: the task decides its settings).
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("task", "task_args"))
+TASK_ARGS = "task_args."
+
+
 def _field_types() -> dict[str, tuple[Any, dataclasses.Field]]:
-    out = {}
-    for sec in dataclasses.fields(Config):
+    out = {"task": (str, next(f for f in dataclasses.fields(Config) if f.name == "task"))}
+    for sec in (f for f in dataclasses.fields(Config) if f.name in SECTIONS):
         cls = sec.type if isinstance(sec.type, type) else typing.get_type_hints(Config)[sec.name]
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -213,7 +242,7 @@ def _field_types() -> dict[str, tuple[Any, dataclasses.Field]]:
 FIELDS = _field_types()
 # Longest first: were there sections `early` and `early_stopping`, TRACKED_TRAIN_EARLY_STOPPING_PATIENCE
 # would belong to the second.
-_SECTIONS_LONGEST_FIRST = sorted((f.name for f in dataclasses.fields(Config)), key=len, reverse=True)
+_SECTIONS_LONGEST_FIRST = sorted((*SECTIONS, "task_args"), key=len, reverse=True)
 
 
 def _unknown_key(key: str) -> ConfigError:
@@ -303,7 +332,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r} is not KEY=VALUE; write e.g. --set training.lr=3e-4")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key not in FIELDS:
+    if key not in FIELDS and not key.startswith(TASK_ARGS):
         raise _unknown_key(key)
     if raw.strip() == "":
         return key, None
@@ -334,6 +363,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{p}: expected sections like 'training:' at the top level, found {type(doc).__name__}")
     out: dict[str, Any] = {}
     for sec, values in doc.items():
+        if sec == "task" and not isinstance(values, dict):  # `task: module:Class`, the one top-level value
+            out["task"] = values
+            continue
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: section '{sec}' must be a mapping of keys, e.g. '{sec}:\\n  key: value'")
         for k, v in values.items():
@@ -349,6 +381,8 @@ def env_name(key: str) -> str:
 def _env_key(name: str) -> str | None:
     """``TRACKED_TRAIN_EARLY_STOPPING_PATIENCE`` -> ``early_stopping.patience``; None without a known section."""
     rest = name[len(ENV_PREFIX):].lower()
+    if rest == "task":
+        return "task"
     for sec in _SECTIONS_LONGEST_FIRST:
         if rest.startswith(f"{sec}_"):
             return f"{sec}.{rest[len(sec) + 1:]}"
@@ -374,7 +408,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         key = _env_key(name)
-        if key not in FIELDS:
+        if key is None or key not in FIELDS and not key.startswith(TASK_ARGS):
             raise _unknown_env(name)
         out[key] = parse_assignment(f"{key}={raw}")[1]
     return out
@@ -387,15 +421,40 @@ def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = Non
     from in the error message.
     """
     values: dict[str, Any] = {}
+    task_args: dict[str, Any] = {}
+    task_sources: dict[str, str] = {}
     for source, layer in layers:
         for key, value in layer.items():
+            if key.startswith(TASK_ARGS):  # checked against the task's own Settings below
+                task_args[key[len(TASK_ARGS):]] = value
+                task_sources[key[len(TASK_ARGS):]] = source
+                continue
             if key not in FIELDS:
                 raise _unknown_key(key)
             tp, f = FIELDS[key]
             values[key] = _coerce(key, value, tp, f.metadata, source)
-    cfg = (base or Config()).replace(**values)
+    base = base or Config()
+    spec = values.get("task", base.task)
+    if not spec.strip():
+        raise ConfigError("task is empty; name a task: lm, module.path:Class or path/to/file.py:Class")
+    kept = dict(base.task_args) if spec == base.task else {}  # another task's settings do not carry over
+    values["task_args"] = _task_settings(spec, {**kept, **task_args}, task_sources)
+    cfg = base.replace(**{k: v for k, v in values.items() if k != "task_args"})
+    cfg = dataclasses.replace(cfg, task_args=values["task_args"])
     validate(cfg)
     return cfg
+
+
+def _task_settings(spec: str, given: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    """Every setting of the task, typed: its defaults, then ``given`` (validated like any key)."""
+    if spec == "lm":  # its settings are the model, data and tokenizer sections (and importing it loads torch)
+        if given:
+            raise ConfigError(f"unknown task setting 'task_args.{next(iter(given))}': the lm task's settings are "
+                              "the model., data. and tokenizer. keys")
+        return {}
+    from .task import coerce_settings, defaults
+
+    return coerce_settings(spec, {**defaults(spec), **given}, sources)
 
 
 def resolve(config_file: str | None, sets: list[str], cli: Mapping[str, Any] | None = None,
@@ -437,13 +496,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.source=hf needs data.hf_name; e.g. --set data.hf_name=wikitext")
     if t.precision == "fp16" and t.device == "cpu":
         raise ConfigError("training.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    es = cfg.early_stopping
+    if es.target is not None and es.target_loss is not None and es.target != es.target_loss:
+        raise ConfigError(f"early_stopping.target={es.target:g} and early_stopping.target_loss={es.target_loss:g} "
+                          "disagree; set only early_stopping.target (target_loss is its older name)")
+    if es.monitor is not None and not es.monitor.startswith(("train/", "val/")):
+        raise ConfigError(f"early_stopping.monitor={es.monitor!r} is not a logged metric; name one such as "
+                          "val/loss, val/accuracy or train/loss")
     if not cfg.tracking.trackers:
         raise ConfigError("tracking.trackers is empty; name at least one tracker, e.g. jsonl")
 
 
 def from_dict(nested: Mapping[str, Mapping[str, Any]], source: str = "checkpoint") -> Config:
     """Rebuild a Config from ``Config.to_dict()`` output (a checkpoint or config.yaml)."""
-    flat = {f"{s}.{k}": v for s, vals in nested.items() for k, v in vals.items()}
+    flat: dict[str, Any] = {}
+    for s, vals in nested.items():
+        if s == "task":
+            flat["task"] = vals
+        elif not isinstance(vals, Mapping):
+            raise ConfigError(f"{source}: section '{s}' is not a mapping of keys")
+        else:
+            flat.update({f"{s}.{k}": v for k, v in vals.items()})
     return build([(source, flat)])
 
 

@@ -96,7 +96,8 @@ def config_table(flat: dict[str, Any]) -> str:
     """One line per config section: ``training   batch_size=16 lr=0.001 ...``."""
     sections: dict[str, list[str]] = {}
     for key, value in flat.items():
-        sec, name = key.split(".", 1)
+        sec, _, name = key.partition(".")
+        name = name or key  # `task`: a value of its own, no section
         shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         sections.setdefault(sec, []).append(f"{name}={shown}")
     width = max(map(len, sections))

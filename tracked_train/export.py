@@ -45,9 +45,13 @@ def export(source: str, fmt: str, out: Path) -> Path:
         raise UserError(f"{out} already exists and is not an empty folder; pass a new --out folder")
     if fmt == "hf":
         _require_transformers()
+    from .model import GPT
     from .sources import load_model
 
     model, tok = load_model(source)
+    if not isinstance(model, GPT):
+        raise UserError(f"{source} is a model of task {tok.cfg.task}, not tracked-train's language model: export "
+                        "writes GPT weights only; load it with tracked_train.load or take checkpoints/best")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

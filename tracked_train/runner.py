@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from . import distributed
 from .config import Config, dump_yaml
 from .console import FILE_ONLY, config_table, fmt_duration, setup_logging
 from .data import check_files
-from .early_stopping import Stop, StopReason
+from .early_stopping import Judge, Stop, StopReason
 from .errors import ConfigError, UserError, describe
 from .lock import RunLock
 from .trackers import Outcome, RunInfo, Trackers
@@ -40,8 +39,6 @@ from .trackers import Outcome, RunInfo, Trackers
 log = logging.getLogger("tracked_train")
 
 TRACKERS_FILE = "trackers.json"
-# Called after each evaluation with (step, val metrics); a returned Stop ends the run (see train.Parts.judge).
-Judge = Callable[[int, dict[str, float]], Stop | None]
 
 
 @dataclass
@@ -68,6 +65,10 @@ class Attempt:
 def default_run_name(cfg: Config) -> str:
     m, t = cfg.model, cfg.training
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if cfg.task != "lm":  # "path/collatz.py:CollatzTask" -> "collatztask-lr0.001-bs64-..."
+        from .names import sanitise
+
+        return sanitise(f"{cfg.task.rpartition(':')[2].lower()}-lr{t.lr:g}-bs{t.batch_size}-{stamp}")
     return f"{cfg.data.source}-d{m.d_model}-l{m.n_layers}-lr{t.lr:g}-bs{t.batch_size}-{stamp}"
 
 
@@ -112,8 +113,8 @@ def start(cfg: Config, init_from: str | None = None, *, judge: Judge | None = No
         opened = distributed.broadcast(None)  # rank 0 names the run and makes its folder
         if opened is None:
             return 2  # rank 0 reported the problem
-        cfg, run_dir, tokenizer = opened
-        init = {"tokenizer": tokenizer} if tokenizer is not None else None  # DDP broadcasts rank 0's weights
+        cfg, run_dir, task_state = opened
+        init = {"task_state": task_state} if task_state is not None else None  # DDP broadcasts rank 0's weights
         return _run(_prepare(cfg, run_dir, Trackers([]), init=init, judge=judge))
     attempt = None
     try:
@@ -122,7 +123,7 @@ def start(cfg: Config, init_from: str | None = None, *, judge: Judge | None = No
         attempt.tags.update(tags or {})
     finally:
         distributed.broadcast(None if attempt is None else (
-            attempt.cfg, attempt.run_dir, attempt.init["tokenizer"] if attempt.init else None))
+            attempt.cfg, attempt.run_dir, attempt.init["task_state"] if attempt.init else None))
     return lifecycle(attempt)
 
 
@@ -187,10 +188,11 @@ def _open(a: Attempt):
                 trackers.log_artifact(a.run_dir / "config_changes.json", "config_changes.json")
         parts = _prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init, judge=a.judge)
         if a.tracker_state is None or a.rewind:
-            trackers.log_datasets(parts.data.datasets)
+            trackers.log_datasets(parts.task.datasets())
         if a.new:
             trackers.log_artifact(a.run_dir / "config.yaml", "config.yaml")
-            trackers.log_artifact(a.run_dir / "tokenizer", "tokenizer")
+            if (a.run_dir / "tokenizer").is_dir():  # the language model's
+                trackers.log_artifact(a.run_dir / "tokenizer", "tokenizer")
         return parts
     except BaseException as e:
         if not isinstance(e, (UserError, KeyboardInterrupt)):
@@ -226,26 +228,22 @@ def read_tracker_state(run_dir: Path) -> dict[str, Any] | None:
 
 def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,
              init: dict[str, Any] | None = None, judge: Judge | None = None):
-    """Data, tokenizer and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
+    """The task's data and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
+    from . import task as tasks
     from .checkpoint import load_weights
-    from .data import prepare
     from .train import build
 
     t0 = time.perf_counter()
+    task = tasks.create(cfg)
     source = resume_from or init
-    tokenizer_bytes = source["tokenizer"].numpy().tobytes() if source else None
-    data, tok = prepare(cfg, tokenizer_from=tokenizer_bytes)
-    if distributed.current().is_main:
-        tok.save(run_dir / "tokenizer")
-    log.info("data: %s train / %s validation tokens, vocab %d, %.2f chars/token (%.1f s)",
-             f"{len(data.train.tokens):,}", f"{len(data.valid.tokens):,}", tok.vocab_size,
-             data.valid_chars_per_token, time.perf_counter() - t0)
-    if cfg.data.source == "builtin":
-        from .corpus import entropy_rate
-
-        log.info("built-in corpus: entropy rate %.3f nats/char, the lowest loss any model can reach",
-                 entropy_rate())
-    parts = build(cfg, run_dir, data, tok, trackers, resume_from, judge=judge)
+    if source:
+        task.load_state(source["task_state"])  # the language model's tokenizer, say
+    task.prepare(run_dir)
+    line = task.describe()
+    if line:
+        head, _, rest = line.partition("\n")
+        log.info("%s (%.1f s)%s", head, time.perf_counter() - t0, f"\n{rest}" if rest else "")
+    parts = build(cfg, run_dir, task, trackers, resume_from, judge=judge)
     if init is not None and "model" in init:
         load_weights(parts.model, init["model"], "the --init-from checkpoint")
         log.info("initialised the model from the weights of step %d", init["step"])
@@ -279,8 +277,8 @@ def _summary(parts, o: Outcome) -> None:
     if o.initial_loss is not None and o.final_loss is not None:
         log.info("train loss %.4f -> %.4f (%+.1f%%): %s", o.initial_loss, o.final_loss, -o.decrease_pct, o.verdict)
     log.info("stopped: %s [stop_reason=%s]", o.stop.detail, o.stop.reason)
-    if o.best_val_loss is not None:
-        from .train import safe_exp
+    if o.best_val_loss is not None and o.best_val_nats_per_char is not None:  # the language model
+        from .lm import safe_exp
 
         floor = ""
         if parts.cfg.data.source == "builtin":
@@ -289,6 +287,8 @@ def _summary(parts, o: Outcome) -> None:
             floor = f"; the corpus floor is {entropy_rate():.3f}"
         log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s) at step %s", o.best_val_loss,
                  safe_exp(o.best_val_loss), o.best_val_nats_per_char, floor, o.best_step)
+    elif o.best_value is not None:
+        log.info("best %s %.4g (%s) at step %s", o.monitor, o.best_value, o.mode, o.best_step)
     log.info("time: %s in this process, %s of training in all", fmt_duration(_process_seconds()),
              fmt_duration(parts.st.elapsed_s))
     log.info("run folder: %s", parts.run_dir)

@@ -112,8 +112,12 @@ def init_weights(source: str, mlflow_uri: str | None) -> dict[str, Any]:
 
 
 def load_model(source: str | Path) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from ``source``'s best checkpoint (else last), verified, weights-only."""
-    return checkpoint.restore_model(init_weights(str(source), None), str(source))
+    """(model in eval mode, tokenizer) from ``source``'s best checkpoint (else last), verified, weights-only.
+
+    For a task other than the language model, the second value is the task (with its settings and state).
+    """
+    model, task = checkpoint.restore_task(init_weights(str(source), None), str(source))
+    return model, task.tokenizer if task.cfg.task == "lm" else task
 
 
 def metric_history(source: str) -> dict[str, list[tuple[int, float]]]:

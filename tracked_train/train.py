@@ -1,9 +1,11 @@
 """The training loop: AdamW, the LR schedule of :mod:`schedule`, clipping, accumulation, AMP.
 
-:func:`train` builds the model and optimizer (or restores them from a
-checkpoint), then runs the loop in :func:`_loop`, which reads top to bottom:
-one optimizer step, its metrics, evaluation, the stop decision, checkpoints.
-Tracking happens only through the :class:`~tracked_train.trackers.Trackers`
+:func:`build` makes the task's model and the optimizer (or restores them from
+a checkpoint), then :func:`train` runs the loop in :func:`_loop`, which reads
+top to bottom: one optimizer step, its metrics, evaluation, the stop decision
+(:class:`~tracked_train.early_stopping.Stopper`), checkpoints. What is trained
+on what, and how it is scored, is the task's (:mod:`tracked_train.task`);
+tracking happens only through the :class:`~tracked_train.trackers.Trackers`
 fan-out handed in.
 """
 
@@ -16,7 +18,6 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, distributed, schedule
+from . import checkpoint, distributed, early_stopping, schedule
 from .config import Config, TrainingConfig
 from .console import Progress, peak_tflops
-from .data import Data
-from .early_stopping import EarlyStopping, Stop, StopReason, completed, verdict
+from .early_stopping import Facts, Judge, Stop, Stopper, StopReason, TimeBudget, verdict
+from .errors import UserError, describe
 from .interrupts import Interrupts
-from .model import GPT, GPTConfig, hidden_matrices, param_groups
-from .tokenizer import Tokenizer
+from .model import hidden_matrices, param_groups
+from .task import Loss, Task, monitor_of
 from .trackers import Outcome, Trackers
 
 log = logging.getLogger("tracked_train")
@@ -58,13 +59,7 @@ def pick_precision(choice: str, device: str) -> str:
     return "fp32"
 
 
-def gpt_config(cfg: Config, vocab_size: int) -> GPTConfig:
-    m = cfg.model
-    return GPTConfig(vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads or m.n_heads, m.seq_len, m.dropout,
-                     m.pos_encoding, m.norm, m.mlp, m.qk_norm, m.tie_embeddings)
-
-
-def optimizers(model: GPT, t: TrainingConfig, kind: str) -> list[torch.optim.Optimizer]:
+def optimizers(model: torch.nn.Module, t: TrainingConfig, kind: str) -> list[torch.optim.Optimizer]:
     """AdamW for every weight, or Muon for the blocks' matrices and AdamW for the rest (``optimizer: muon``).
 
     Muon's update is scaled to AdamW's size (Moonshot's ``match_rms_adamw``), so one learning rate and
@@ -82,10 +77,6 @@ def optimizers(model: GPT, t: TrainingConfig, kind: str) -> list[torch.optim.Opt
             torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(0.9, 0.95), fused=fused)]
 
 
-def safe_exp(x: float) -> float:
-    return math.exp(x) if x < 700 else math.inf
-
-
 @dataclass
 class LoopState:
     """Everything about progress that a checkpoint must carry besides the tensors."""
@@ -97,6 +88,7 @@ class LoopState:
     first_losses: list[float] = field(default_factory=list)
     recent_losses: list[float] = field(default_factory=list)
     last_eval_step: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the evaluation that made checkpoints/best
     plan: schedule.Plan | None = None  # a time budget's step plan (None: the schedule runs over max_steps)
     pace_from: tuple[int, float] | None = None  # (step, elapsed_s) after the first step: speed is measured from here
 
@@ -133,19 +125,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Parts:
     cfg: Config
     run_dir: Path
-    model: GPT
-    forward: Any  # the model, or its torch.compile'd wrapper
+    task: Task
+    model: torch.nn.Module
+    forward: Any  # the model, or its DDP / torch.compile'd wrapper: what the task's loss calls
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
-    stopper: EarlyStopping
-    data: Data
-    tokenizer: Tokenizer
+    stopper: Stopper
     trackers: Trackers
     device: str
     amp: Any  # () -> autocast context
     st: LoopState
-    # Called after each evaluation with (step, val metrics); a Stop ends the run (a sweep's pruner, say).
-    judge: Callable[[int, dict[str, float]], Stop | None] | None = None
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -159,11 +148,11 @@ class Parts:
             "early_stopping": self.stopper.state_dict(),
             "rng": _rng_state(),
             "config": self.cfg.to_dict(),
-            "tokenizer": torch.frombuffer(bytearray(self.tokenizer.model_bytes), dtype=torch.uint8),
+            "task_state": self.task.state(),
             "trackers": self.trackers.state(),
         }
 
-    def save(self, kind: str, val_loss: float | None = None) -> None:
+    def save(self, kind: str, metrics: dict[str, float] | None = None) -> None:
         """Every rank calls this (their RNG states are gathered); rank 0 writes."""
         import yaml
 
@@ -175,11 +164,10 @@ class Parts:
         folder = self.run_dir / "checkpoints" / kind
         checkpoint.save(folder, state, {
             "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
-            "tokenizer.model": self.tokenizer.model_bytes,
+            **self.task.checkpoint_files(),
         })
-        meta = {"step": self.st.step, "tokens_seen": self.st.tokens_seen}
-        if val_loss is not None:
-            meta["val_loss"] = val_loss
+        meta: dict[str, Any] = {"step": self.st.step, "tokens_seen": self.st.tokens_seen}
+        meta.update({key.replace("/", "_"): value for key, value in (metrics or {}).items()})  # val/loss -> val_loss
         self.trackers.log_artifact(folder, f"checkpoints/{kind}", meta)
 
 
@@ -204,9 +192,8 @@ def keep_freed_memory() -> bool:
                 libc.mallopt(m_top_pad, 64 << 20)])
 
 
-def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers: Trackers,
-          state: dict[str, Any] | None = None,
-          judge: Callable[[int, dict[str, float]], Stop | None] | None = None) -> Parts:
+def build(cfg: Config, run_dir: Path, task: Task, trackers: Trackers, state: dict[str, Any] | None = None,
+          judge: Judge | None = None) -> Parts:
     """Model, optimizer and loop state: fresh from the seed, or restored from ``state``."""
     t = cfg.training
     dist = distributed.current()
@@ -228,11 +215,10 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
             return contextlib.nullcontext()
         return torch.autocast(device_type=kind, dtype=amp_dtype)
 
-    model = GPT(gpt_config(cfg, tokenizer.vocab_size)).to(device)
+    model = build_model(task).to(device)
     opts = optimizers(model, t, kind)
     scaler = torch.amp.GradScaler(kind if kind != "mps" else "cpu", enabled=precision == "fp16")
-    es = cfg.early_stopping
-    stopper = EarlyStopping(es.patience, es.min_delta, es.target_loss, es.divergence_factor)
+    stopper = make_stopper(cfg, run_dir, judge)
     st = LoopState()
     if state is not None:
         checkpoint.load_weights(model, state["model"])
@@ -258,79 +244,119 @@ def build(cfg: Config, run_dir: Path, data: Data, tokenizer: Tokenizer, trackers
     compiled = t.compile if t.compile is not None else kind == "cuda"
     if compiled:
         forward = torch.compile(forward)
-    log.info("model: %s parameters (%.2f M) | device %s | precision %s%s%s", f"{model.num_params():,}",
-             model.num_params() / 1e6, device, precision, " | torch.compile" if compiled else "",
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %s parameters (%.2f M) | device %s | precision %s%s%s", f"{n_params:,}", n_params / 1e6, device,
+             precision, " | torch.compile" if compiled else "",
              f" | {dist.world_size} processes (DDP)" if dist.enabled else "")
     if state is not None:
         rng = state["rng"]
         if dist.enabled and len(state.get("rng_per_rank", [])) == dist.world_size:
             rng = state["rng_per_rank"][dist.rank]
         _set_rng_state(rng)  # last, so nothing above consumes the restored streams
-    return Parts(cfg, run_dir, model, forward, opts, scaler, stopper, data, tokenizer, trackers,
-                 device, amp, st, judge)
+    return Parts(cfg, run_dir, task, model, forward, opts, scaler, stopper, trackers, device, amp, st)
 
 
-def train_step(p: Parts) -> tuple[float, float]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm).
+def build_model(task: Task) -> torch.nn.Module:
+    """The task's model; a task whose build fails is bad input (one line), not a crash."""
+    try:
+        model = task.build_model()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: name it and its error in one line
+        raise UserError(f"task {task.cfg.task}: build_model failed: {type(e).__name__}: {describe(e)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"task {task.cfg.task}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def make_stopper(cfg: Config, run_dir: Path | str = "RUN_DIR", judge: Judge | None = None) -> Stopper:
+    """The run's stop conditions, from its config and task (the one place they are assembled)."""
+    es, t = cfg.early_stopping, cfg.training
+    metric, mode = monitor_of(cfg)
+    return early_stopping.standard(
+        monitor=metric, mode=mode, patience=es.patience, min_delta=es.min_delta,
+        target=es.target if es.target is not None else es.target_loss, divergence_factor=es.divergence_factor,
+        time_budget_s=t.time_budget_s, max_steps=t.max_steps, judge=judge, run_dir=run_dir)
+
+
+def to_device(batch: Any, device: str) -> Any:
+    """Tensors of a batch (alone, or in tuples, lists and dicts) onto ``device``; anything else as it is."""
+    if isinstance(batch, torch.Tensor):
+        if device.startswith("cuda"):
+            batch = batch.pin_memory()  # so the copy overlaps the GPU's work
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _as_loss(out: Any, task: Task) -> Loss:
+    if isinstance(out, Loss):
+        return out
+    if isinstance(out, torch.Tensor):
+        return Loss(out)
+    raise TypeError(f"task {task.cfg.task}: loss() returned a {type(out).__name__}; return a scalar tensor or "
+                    "tracked_train.Loss(total, {name: tensor})")
+
+
+def train_step(p: Parts) -> tuple[float, dict[str, float], float]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, its named parts, grad norm).
 
     Under torchrun each rank takes its shard of every batch (the batch size is
-    global), DDP averages the gradients, and the loss is averaged over ranks.
+    global), DDP averages the gradients, and the losses are averaged over ranks.
     """
     t, dist = p.cfg.training, distributed.current()
     shard = t.batch_size // dist.world_size
     for o in p.optimizers:
         o.zero_grad(set_to_none=True)
     total = torch.zeros((), device=p.device)
+    parts: dict[str, torch.Tensor] = {}
     for micro in range(t.grad_accum):
-        x, y = p.data.train.get(p.st.data_position + dist.rank * shard, shard)
+        batch = to_device(p.task.batch(p.st.data_position + dist.rank * shard, shard), p.device)
         p.st.data_position += t.batch_size
-        if p.device.startswith("cuda"):
-            x, y = x.pin_memory(), y.pin_memory()  # so the copies below overlap the GPU's work
-        x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
         # Gradients are averaged across ranks once per step, on the last micro-batch.
         sync = contextlib.nullcontext() if not dist.enabled or micro == t.grad_accum - 1 else p.forward.no_sync()
         with sync:
             with p.amp():
-                _, loss = p.forward(x, y)
-            p.scaler.scale(loss / t.grad_accum).backward()
-        total += loss.detach()
+                loss = _as_loss(p.task.loss(p.forward, batch), p.task)
+            p.scaler.scale(loss.total / t.grad_accum).backward()
+        total += loss.total.detach().float()
+        for name, value in loss.parts.items():
+            parts[name] = parts.get(name, 0) + value.detach().float()
     for o in p.optimizers:
         p.scaler.unscale_(o)
     grad_norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), t.grad_clip or math.inf)
     for o in p.optimizers:
         p.scaler.step(o)
     p.scaler.update()
-    loss = (total / t.grad_accum).item()
+    # One read-back for the loss, its parts and the grad norm.
+    values = torch.stack([total, *parts.values(), grad_norm.float().to(total.device)]).cpu().tolist()
+    means = [v / t.grad_accum for v in values[:-1]]
     if dist.enabled:
-        loss = distributed.all_reduce([loss])[0] / dist.world_size
-    return loss, grad_norm.item()
+        means = [v / dist.world_size for v in distributed.all_reduce(means)]
+    return means[0], dict(zip(parts, means[1:])), values[-1]
 
 
 @torch.no_grad()
 def evaluate(p: Parts) -> dict[str, float]:
-    t, dist = p.cfg.training, distributed.current()
+    """The task's validation metrics, named ``val/...``."""
     p.model.eval()
-    loss_sum, n = 0.0, 0
-    for i, (x, y) in enumerate(p.data.valid.eval_batches(t.eval_batches, t.batch_size)):
-        if i % dist.world_size != dist.rank:
-            continue  # batches are spread over ranks, the result averaged over all of them
+    try:
         with p.amp():
-            _, loss = p.model(x.to(p.device), y.to(p.device))
-        loss_sum += loss.item() * y.numel()
-        n += y.numel()
-    p.model.train()
-    loss_sum, n = distributed.all_reduce([loss_sum, float(n)])
-    val = loss_sum / n
-    return {"val/loss": val, "val/perplexity": safe_exp(val),
-            "val/nats_per_char": val / p.data.valid_chars_per_token}
+            metrics = p.task.evaluate(p.model)
+    finally:
+        p.model.train()
+    return {k if k.startswith("val/") else f"val/{k}": float(v) for k, v in metrics.items()}
 
 
 def train(p: Parts) -> Outcome:
     """Run the loop to a stop; always leaves a resumable ``last`` (except on divergence)."""
     mode = p.cfg.console.progress if distributed.current().is_main else "off"
     total = p.st.plan.end_step if p.st.plan is not None else p.cfg.training.max_steps
-    progress = Progress(total, p.st.step, mode,
-                        p.model.flops_per_token(), peak_tflops(p.cfg.console.peak_tflops, p.device))
+    progress = Progress(total, p.st.step, mode, p.task.flops_per_token(p.model) or 0.0,
+                        peak_tflops(p.cfg.console.peak_tflops, p.device))
     try:
         with Interrupts() as interrupts:
             stop = _loop(p, progress, interrupts)
@@ -341,50 +367,44 @@ def train(p: Parts) -> Outcome:
 
 def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
     t = p.cfg.training
-    tokens_per_step = t.batch_size * t.grad_accum * p.cfg.model.seq_len
+    tokens_per_step = t.batch_size * t.grad_accum * p.task.tokens_per_example
     p.model.train()
     clock = time.perf_counter() - p.st.elapsed_s
     reserve = Reserve()
-    stop: Stop | None = None if p.st.step < t.max_steps else completed(p.st.step, t.max_steps)
+    budget = p.stopper.find(TimeBudget)
+    stop = p.stopper.decide(Facts(p.st.step, t.max_steps))  # a resume of a run that had done all its steps
     while stop is None:
         step = p.st.step + 1
         t0 = time.perf_counter()
         lr = schedule.lr_at(step, t, p.st.plan)
         for group in (g for o in p.optimizers for g in o.param_groups):
             group["lr"] = lr
-        loss, grad_norm = train_step(p)
+        loss, parts, grad_norm = train_step(p)
         dt = time.perf_counter() - t0
         p.st.step, p.st.tokens_seen = step, p.st.tokens_seen + tokens_per_step
         p.st.record_loss(loss)
-        p.trackers.log_metrics({
-            "train/loss": loss, "train/lr": lr, "train/perplexity": safe_exp(loss),
-            "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_step / dt,
-            "train/tokens_seen": p.st.tokens_seen,
-        }, step)
+        metrics = {"train/loss": loss, **{f"train/loss/{k}": v for k, v in parts.items()}, "train/lr": lr,
+                   **{f"train/{k}": v for k, v in p.task.derived_metrics(loss).items()},
+                   "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_step / dt,
+                   "train/tokens_seen": p.st.tokens_seen}
+        p.trackers.log_metrics(metrics, step)
         progress.update(step, loss, lr, tokens_per_step / dt, p.st.tokens_seen)
+        p.stopper.observe(step, metrics)
 
-        stop = p.stopper.on_train_loss(step, loss)
-        if stop is None and (step % t.eval_every == 0 or step == t.max_steps):
+        # Not on diverged weights: a stop the metrics alone decide skips the evaluation.
+        if (step % t.eval_every == 0 or step == t.max_steps) and p.stopper.decide(Facts(step)) is None:
             with reserve.timing("eval"):
-                stop = _evaluate_and_save_best(p, progress)
+                _evaluate_and_save_best(p, progress)
         p.st.elapsed_s = time.perf_counter() - clock
-        time_stop = EarlyStopping.check_time(step, p.st.elapsed_s, t.time_budget_s)
-        planned_end = p.st.plan.end_step if p.st.plan is not None else t.max_steps
-        if time_stop is None and planned_end <= step < t.max_steps:
-            time_stop = Stop(StopReason.TIME_BUDGET, f"Used the time budget of {t.time_budget_s:g} s: "
-                             f"{step} steps, as planned from the measured speed ({p.st.elapsed_s:.1f} s).", step)
+        planned_end = p.st.plan.end_step if p.st.plan is not None else None
         # One agreement per step: under torchrun a re-plan (a collective) happens on all ranks or none.
-        out_of_time, interrupted, plan_due = _agree(time_stop is not None, interrupts.requested is not None,
-                                                    t.time_budget_s is not None and _plan_due(p))
+        out_of_time, interrupted, plan_due = _agree(
+            budget.due(step, p.st.elapsed_s, planned_end, t.max_steps), interrupts.requested is not None,
+            t.time_budget_s is not None and _plan_due(p))
         if plan_due:
             _replan(p, reserve.seconds(), progress)
-        if stop is None and out_of_time:  # this rank's clock or plan, or (under torchrun) another rank's
-            stop = time_stop or EarlyStopping.check_time(step, t.time_budget_s, t.time_budget_s)
-        if stop is None and interrupted:
-            stop = Stop(StopReason.INTERRUPTED, f"Interrupted by {interrupts.requested or 'a signal'} at step {step}; "
-                        f"resume with `tracked-train resume {p.run_dir}`.", step)
-        if stop is None and step >= t.max_steps:
-            stop = completed(step, t.max_steps)
+        stop = p.stopper.decide(Facts(step, t.max_steps, p.st.elapsed_s, out_of_time, planned_end,
+                                      (interrupts.requested or "") if interrupted else None))
         if interrupts.status_requested:
             interrupts.status_requested = False
             log.info(progress.status_line())
@@ -443,19 +463,18 @@ def _agree(*flags: bool) -> list[bool]:
     return [v > 0 for v in distributed.all_reduce([float(f) for f in flags], op="max")]
 
 
-def _evaluate_and_save_best(p: Parts, progress: Progress) -> Stop | None:
+def _evaluate_and_save_best(p: Parts, progress: Progress) -> None:
     val = evaluate(p)
-    p.st.last_eval_step = p.st.step
-    p.trackers.log_metrics(val, p.st.step)
-    improved, stop = p.stopper.on_eval(p.st.step, val["val/loss"])
-    if stop is None and p.judge is not None:
-        stop = p.judge(p.st.step, val)
-    log.info("eval step %d | val loss %.4f | val ppl %.2f | %.3f nats/char%s | %s", p.st.step, val["val/loss"],
-             val["val/perplexity"], val["val/nats_per_char"], " | new best" if improved else "",
-             progress.status_line())
+    step = p.st.last_eval_step = p.st.step
+    p.trackers.log_metrics(val, step)
+    p.stopper.observe(step, val, evaluation=True)
+    monitor = p.stopper.monitor
+    improved = monitor.best_step == step and monitor.improved
+    shown = " | ".join(f"{k.replace('/', ' ')} {v:.4f}" for k, v in val.items())  # "val loss 2.3141 | ..."
+    log.info("eval step %d | %s%s | %s", step, shown, " | new best" if improved else "", progress.status_line())
     if improved:
-        p.save("best", val["val/loss"])
-    return stop
+        p.st.best_metrics = {**val, monitor.metric: monitor.best}
+        p.save("best", p.st.best_metrics)
 
 
 def saved_step(run_dir: Path) -> int | str:
@@ -472,6 +491,7 @@ def _outcome(p: Parts, stop: Stop) -> Outcome:
     initial = sum(p.st.first_losses) / len(p.st.first_losses) if p.st.first_losses else None
     final = sum(p.st.recent_losses) / len(p.st.recent_losses) if p.st.recent_losses else None
     drop, word = verdict(initial, final) if initial is not None and final is not None else (0.0, "not learning")
-    best = p.stopper.best_loss if math.isfinite(p.stopper.best_loss) else None
-    per_char = best / p.data.valid_chars_per_token if best is not None else None
-    return Outcome(stop, p.stopper.best_step, best, initial, final, drop, word, per_char)
+    m = p.stopper.monitor
+    best = p.st.best_metrics
+    return Outcome(stop, m.best_step, best.get("val/loss"), initial, final, drop, word, best.get("val/nats_per_char"),
+                   monitor=m.metric, mode=m.mode, best_value=m.best if m.has_best else None)

@@ -68,14 +68,21 @@ class Outcome:
     decrease_pct: float = 0.0
     verdict: str = "not learning"
     best_val_nats_per_char: float | None = None
+    monitor: str = "val/loss"  # the metric the best checkpoint and early stopping follow
+    mode: str = "min"
+    best_value: float | None = None  # the monitor's best value (at best_step)
 
     def best_metrics(self) -> dict[str, float]:
         """The best checkpoint's values, as metrics a tracker can filter and sort runs by."""
-        if self.best_val_loss is None or self.best_step is None:
+        if self.best_step is None:
             return {}
-        out = {"best/val_loss": self.best_val_loss, "best/step": float(self.best_step)}
+        out = {"best/step": float(self.best_step)}
+        if self.best_val_loss is not None:
+            out["best/val_loss"] = self.best_val_loss
         if self.best_val_nats_per_char is not None:
             out["best/val_nats_per_char"] = self.best_val_nats_per_char
+        if self.best_value is not None:  # e.g. best/val_accuracy (for val/loss: best/val_loss again)
+            out["best/" + self.monitor.replace("/", "_")] = self.best_value
         return out
 
     def tags(self) -> dict[str, str]:
