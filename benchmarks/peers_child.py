@@ -53,7 +53,7 @@ def new_model(cfg, tok):
     import torch
 
     from tracked_train.model import GPT
-    from tracked_train.train import gpt_config
+    from tracked_train.lm import gpt_config
 
     torch.manual_seed(cfg.training.seed)
     return GPT(gpt_config(cfg, tok.vocab_size))

@@ -29,8 +29,11 @@ from .mlflow.store import Store
 from .mlflow.tracker import spool_run_id
 from .trackers import jsonl
 
-# Metrics compared by `compare`; lower is better for each of them.
+# Metrics compared by `compare` first (lower is better for each), then every other validation metric and loss
+# component the runs logged (a task's own: val/accuracy, train/loss/next_step...).
 COMPARED_METRICS = ("val/loss", "val/perplexity", "val/nats_per_char", "train/loss", "train/perplexity")
+# Higher is better for these (by their last word), and for a run's monitor with early_stopping.mode=max.
+HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "precision", "recall", "r2")
 TOKENS = "train/tokens_seen"
 # Differs between any two runs by construction (it is the column header), so it says nothing.
 IGNORED_PARAMS = {"run.name"}
@@ -192,7 +195,7 @@ def _twin(run_id: str | None, output_dir: Path) -> Run | None:
 
 def _with_history(store: Store, r: Any) -> Run:
     run = _from_mlflow(r)
-    for key in (*COMPARED_METRICS, TOKENS):
+    for key in (*COMPARED_METRICS, TOKENS, *sorted(k for k in r.data.metrics if _compared(k))):
         run.history[key] = store.history(run.run_id, key)
     if run.steps is None:  # still running, or killed -9: the last step it logged
         run.steps = max((s for s, _ in run.history.get("train/loss", [])), default=None)
@@ -347,16 +350,18 @@ def _param_cell(value: str | None) -> str:
 @dataclass
 class MetricRow:
     metric: str
-    kind: str  # "best" (lowest over the run) or "final" (at the last step)
+    kind: str  # "best" (lowest over the run, or highest where higher is better) or "final" (at the last step)
     values: list[float | None]
     ranked: bool = True  # False: the runs' values are not comparable (per-token losses of different tokenizers)
+    higher_is_better: bool = False
 
     @property
     def best_index(self) -> int | None:
-        """The run with the lowest value; None when fewer than two runs have one, on a tie, or when unranked."""
+        """The run with the best value; None when fewer than two runs have one, on a tie, or when unranked."""
         if not self.ranked:
             return None
-        finite = [(v, i) for i, v in enumerate(self.values) if v is not None and math.isfinite(v)]
+        sign = -1.0 if self.higher_is_better else 1.0
+        finite = [(sign * v, i) for i, v in enumerate(self.values) if v is not None and math.isfinite(v)]
         if len(finite) < 2:
             return None
         low = min(finite)
@@ -371,14 +376,30 @@ def tokens_differ(runs: Sequence[Run]) -> bool:
 def metric_rows(runs: Sequence[Run]) -> list[MetricRow]:
     rows = []
     per_char_only = tokens_differ(runs)
-    for metric in COMPARED_METRICS:
+    others = sorted({k for r in runs for k in r.history if _compared(k)} - set(COMPARED_METRICS))
+    for metric in (*COMPARED_METRICS, *others):
         series = [r.history.get(metric) or [] for r in runs]
         if not any(series):
             continue
-        ranked = metric == PER_CHAR or not per_char_only
-        rows.append(MetricRow(metric, "best", [min((v for _, v in s), default=None) for s in series], ranked))
-        rows.append(MetricRow(metric, "final", [s[-1][1] if s else None for s in series], ranked))
+        ranked = metric == PER_CHAR or not per_char_only or metric in others
+        up = higher_is_better(metric, runs)
+        pick = max if up else min
+        rows.append(MetricRow(metric, "best", [pick((v for _, v in s), default=None) for s in series], ranked, up))
+        rows.append(MetricRow(metric, "final", [s[-1][1] if s else None for s in series], ranked, up))
     return rows
+
+
+def _compared(key: str) -> bool:
+    """A task's own metric worth a row: its validation metrics and its loss components."""
+    return key.startswith(("val/", "train/loss/"))
+
+
+def higher_is_better(metric: str, runs: Sequence[Run]) -> bool:
+    """By the runs' own monitor and mode where they name it, else by the metric's last word (val/accuracy)."""
+    for r in runs:
+        if r.params.get("early_stopping.monitor") == metric and r.params.get("early_stopping.mode") in ("min", "max"):
+            return r.params["early_stopping.mode"] == "max"
+    return metric.rsplit("/", 1)[-1].rsplit("_", 1)[-1] in HIGHER_IS_BETTER
 
 
 def labels(runs: Sequence[Run]) -> list[str]:

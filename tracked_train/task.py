@@ -237,6 +237,16 @@ def coerce_settings(spec: str, values: Mapping[str, Any], sources: Mapping[str, 
     return out
 
 
+def setting_type(spec: str, name: str) -> Any:
+    """The declared type of the task's setting ``name`` (for sweep spaces); ConfigError if there is none."""
+    coerce_settings(spec, {}, {})  # a task that is no task fails here with its own message
+    s = settings_type(load_class(spec))
+    hints = typing.get_type_hints(s)
+    if name not in hints:
+        coerce_settings(spec, {name: None})  # the unknown-setting error, with its did-you-mean
+    return hints[name]
+
+
 def defaults(spec: str) -> dict[str, Any]:
     """Every setting of the task with its value: the defaults, as ``--print-config`` and params show them."""
     s = settings_type(load_class(spec))

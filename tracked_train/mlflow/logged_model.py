@@ -38,22 +38,29 @@ def log_model(client: Any, run_id: str, checkpoint_dir: Path, upload: str, metri
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 
     from .. import checkpoint
-    from ..inference import save_files
 
     state = checkpoint.load(checkpoint_dir)
-    model, tok = checkpoint.restore_model(state, checkpoint_dir)
+    model, task = checkpoint.restore_task(state, checkpoint_dir)
     run = client.get_run(run_id)
     model_id = _earlier_attempt(client, run, upload)
     if model_id is None:
         logged = client.create_logged_model(run.info.experiment_id, name=NAME, source_run_id=run_id,
                                             params=dict(run.data.params), tags={ORIGIN_TAG: upload},
-                                            model_type="text-generation")
+                                            model_type="text-generation" if task.cfg.task == "lm" else None)
         model_id = logged.model_id
     with tempfile.TemporaryDirectory(prefix="tracked-train-model-") as tmp:
-        files, code, saved = Path(tmp) / "files", Path(tmp) / "code" / "tracked_train", Path(tmp) / "model"
-        save_files(model, tok, files)
-        _ship_code(code)
-        _save(saved, files, code, run_id, model_id)
+        saved = Path(tmp) / "model"
+        if task.cfg.task == "lm":
+            from ..inference import save_files
+
+            files, code = Path(tmp) / "files", Path(tmp) / "code" / "tracked_train"
+            save_files(model, task.tokenizer, files)
+            _ship_code(code)
+            _save(saved, files, code, run_id, model_id)
+        else:
+            from .task_model import save
+
+            save(saved, Path(tmp), state, task, run_id, model_id, checkpoint_dir)
         client.log_model_artifacts(model_id, str(saved))
     client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])
     if metrics:

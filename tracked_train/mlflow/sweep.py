@@ -142,9 +142,10 @@ def update_parent(uri: str, run_id: str, summary: dict[str, Any], csv_text: str,
         tags = [RunTag(NOTE_TAG, note[:60000])]
         if summary.get("best") is not None:
             best = summary["best"]
-            metrics.append(Metric("best/val_loss", float(best["value"]), now, step))
+            col = summary.get("metric", "val/loss").replace("/", "_")  # best/val_loss, best/val_accuracy...
+            metrics.append(Metric(f"best/{col}", float(best["value"]), now, step))
             tags += [RunTag("best_trial", str(best["number"])), RunTag("best_run", best.get("run") or ""),
-                     RunTag("best_val_loss", f"{best['value']:.6g}")]
+                     RunTag(f"best_{col}", f"{best['value']:.6g}")]
             tags += [RunTag(f"best.{k}", str(v)[:VALUE_MAX]) for k, v in best["params"].items()]
             if best.get("mlflow_run_id"):
                 tags.append(RunTag("best_run_id", best["mlflow_run_id"]))

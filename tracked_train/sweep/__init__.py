@@ -31,6 +31,7 @@ from .. import distributed
 from ..early_stopping import Stop, StopReason
 from ..errors import UserError, describe
 from ..redact import strip_userinfo
+from ..task import monitor_of
 
 log = logging.getLogger("tracked_train")
 
@@ -148,7 +149,7 @@ def _open(plan: Plan) -> Worker:
     t = plan.base.training
     pruner = st.make_pruner(optuna, plan.o.pruner, plan.o.warmup_trials, t.eval_every, t.max_steps)
     try:
-        study, created = st.open_study(optuna, storage, plan.study_name, pruner)
+        study, created = st.open_study(optuna, storage, plan.study_name, pruner, *monitor_of(plan.base))
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - the database refused: nothing was created
@@ -316,21 +317,23 @@ def _counts(w: Worker) -> Any:
 
 
 class Judge:
-    """Reports each evaluation's val/loss to the trial and stops the run when the pruner says so.
+    """Reports each evaluation's monitored metric to the trial and stops the run when the pruner says so.
 
+    The metric and its direction are the run's (early_stopping.monitor / mode, else the task's own).
     Under torchrun only rank 0 talks to Optuna; every rank calls the judge after
     the same evaluation and gets rank 0's decision.
     """
 
     def __init__(self, w: Worker | None = None, trial: Any = None):
         self.w, self.trial = w, trial
-        self.best = math.inf
+        self.metric, self.mode = monitor_of(w.plan.base) if w is not None else ("val/loss", "min")
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.pruned: str | None = None
 
     def __call__(self, step: int, val: dict[str, float]) -> Stop | None:
         detail = None
-        if self.w is not None:
-            detail = self._judge(step, val["val/loss"])
+        if self.w is not None and self.metric in val:
+            detail = self._judge(step, val[self.metric])
         detail = distributed.broadcast(detail)
         if detail is None:
             return None
@@ -340,13 +343,14 @@ class Judge:
     def _judge(self, step: int, loss: float) -> str | None:
         from .study import pruned_detail
 
-        self.best = min(self.best, loss) if math.isfinite(loss) else self.best
+        if math.isfinite(loss):
+            self.best = min(self.best, loss) if self.mode == "min" else max(self.best, loss)
         try:
             self.trial.report(loss, step)
             # The last evaluation is the run's end anyway: a verdict there would only relabel a finished trial.
             if step >= self.w.plan.base.training.max_steps or not self.trial.should_prune():
                 return None
-            return pruned_detail(self.w.optuna, self.w.study, self.w.plan.o.pruner, step, loss)
+            return pruned_detail(self.w.optuna, self.w.study, self.w.plan.o.pruner, step, loss, self.metric)
         except Exception as e:  # noqa: BLE001 - a busy database must not cost the trial: judged at the next eval
             log.warning("sweep: could not report step %d to the study (%s)", step, describe(e))
             return None
@@ -457,7 +461,7 @@ def _report_progress(w: Worker, trial: Any, outcome: str, judge: Judge) -> None:
 
     top = report.best(w.optuna, w.study)
     best = f"best so far: trial {top['number']}, {top['value']:.4f}" if top else "no complete trial yet"
-    value = f"val loss {judge.best:.4f}" if math.isfinite(judge.best) else "no evaluation"
+    value = f"{judge.metric} {judge.best:.4f}" if math.isfinite(judge.best) else "no evaluation"
     log.info("sweep %s: trial %d %s (%s); %s", w.plan.study_name, trial.number, outcome, value, best)
     _update_parent(w)
 
@@ -468,15 +472,17 @@ def _update_parent(w: Worker) -> None:
     from ..mlflow.sweep import update_parent
     from . import report
 
-    table = report.rows(w.optuna, w.study, [p.key for p in w.plan.space.params])
+    metric, mode = monitor_of(w.plan.base)
+    table = report.rows(w.optuna, w.study, [p.key for p in w.plan.space.params], metric)
     top = report.best(w.optuna, w.study)
     c = _counts(w)
-    summary = {"finished": c.finished, "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "best": top}
+    summary = {"finished": c.finished, "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "best": top,
+               "metric": metric}
     title = f"sweep {w.plan.study_name}: {c.finished} of {w.plan.o.trials} trials"
-    fig = report.figure(title, table)
+    fig = report.figure(title, table, metric, mode)
     try:
         update_parent(w.plan.mlflow_uri, w.parent_id, summary, report.to_csv(table),
-                      report.to_markdown(title, table, top), fig)
+                      report.to_markdown(title, table, top, metric), fig)
     finally:
         import matplotlib.pyplot as plt
 
@@ -497,7 +503,7 @@ def _finish(w: Worker, status: str) -> None:
 
             end_parent(w.plan.mlflow_uri, w.parent_id,
                        "FINISHED" if c.finished >= w.plan.o.trials else ("FAILED" if status == "FAILED" else "KILLED"))
-        table = report.rows(w.optuna, w.study, [p.key for p in w.plan.space.params])
+        table = report.rows(w.optuna, w.study, [p.key for p in w.plan.space.params], monitor_of(w.plan.base)[0])
     except Exception as e:  # noqa: BLE001 - the database went away: say so, the exit code says the rest
         log.error("sweep: could not read the study at the end (%s)", describe(e))
         return
@@ -509,7 +515,7 @@ def _finish(w: Worker, status: str) -> None:
     if top is None:
         click.echo("best: none yet (no trial completed)")
         return
-    click.echo(f"best: trial {top['number']} (run {top['run']}), val/loss {top['value']:.4f}")
+    click.echo(f"best: trial {top['number']} (run {top['run']}), {monitor_of(p.base)[0]} {top['value']:.4f}")
     for k, v in top["params"].items():
         click.echo(f"  {k}={_show(v) if isinstance(v, float) else v}")
     if w.parent_id:

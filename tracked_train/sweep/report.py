@@ -13,7 +13,16 @@ REASON_ATTR, DETAIL_ATTR = "stop_reason", "stop_detail"
 MAX_NOTE_ROWS = 200
 
 
-def rows(optuna: Any, study: Any, keys: list[str]) -> list[dict[str, Any]]:
+def column(metric: str) -> str:
+    """The table column of a study's value: its monitored metric, ``val/loss`` -> ``val_loss``."""
+    return metric.replace("/", "_")
+
+
+def maximises(optuna: Any, study: Any) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def rows(optuna: Any, study: Any, keys: list[str], metric: str = "val/loss") -> list[dict[str, Any]]:
     """One dict per trial, in trial order: number, state, value, stop reason, run, then the params."""
     out = []
     for t in study.get_trials(deepcopy=False):
@@ -23,7 +32,7 @@ def rows(optuna: Any, study: Any, keys: list[str]) -> list[dict[str, Any]]:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else None
         out.append({
-            "trial": t.number, "state": t.state.name.lower(), "val_loss": value,
+            "trial": t.number, "state": t.state.name.lower(), column(metric): value,
             "stop_reason": t.user_attrs.get(REASON_ATTR, ""), "run": t.user_attrs.get(RUN_ATTR, ""),
             "mlflow_run_id": t.user_attrs.get(MLFLOW_ATTR, ""),
             "duration_s": None if duration is None else round(duration, 1),
@@ -33,13 +42,14 @@ def rows(optuna: Any, study: Any, keys: list[str]) -> list[dict[str, Any]]:
 
 
 def best(optuna: Any, study: Any) -> dict[str, Any] | None:
-    """The complete trial with the lowest value, or None before the first one."""
+    """The complete trial with the best value (the lowest, or the highest in a maximising study), or None."""
     S = optuna.trial.TrialState
     done = [t for t in study.get_trials(deepcopy=False, states=(S.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
     if not done:
         return None
-    t = min(done, key=lambda t: (t.value, t.number))
+    sign = -1.0 if maximises(optuna, study) else 1.0
+    t = min(done, key=lambda t: (sign * t.value, t.number))
     return {"number": t.number, "value": t.value, "params": dict(t.params), "run": t.user_attrs.get(RUN_ATTR),
             "run_dir": t.user_attrs.get(RUN_DIR_ATTR), "mlflow_run_id": t.user_attrs.get(MLFLOW_ATTR)}
 
@@ -65,12 +75,13 @@ def _columns(table: list[dict[str, Any]]) -> list[str]:
     return [c for c in table[0] if c not in ("mlflow_run_id", "duration_s")] if table else []
 
 
-def to_markdown(title: str, table: list[dict[str, Any]], top: dict[str, Any] | None) -> str:
+def to_markdown(title: str, table: list[dict[str, Any]], top: dict[str, Any] | None,
+                metric: str = "val/loss") -> str:
     """The parent run's note: the best trial, then every trial (MLflow renders it on the run's page)."""
     lines = [f"### {title}", ""]
     if top is not None:
         shown = ", ".join(f"`{k}={_cell(v)}`" for k, v in top["params"].items())
-        lines += [f"**Best:** trial {top['number']} ({top['run']}), val/loss **{top['value']:.4f}**: {shown}", ""]
+        lines += [f"**Best:** trial {top['number']} ({top['run']}), {metric} **{top['value']:.4f}**: {shown}", ""]
     cols = _columns(table)
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -90,30 +101,31 @@ def to_text(table: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def figure(title: str, table: list[dict[str, Any]]) -> Any:
-    """val/loss of every trial against its number (pruned and failed marked), and the best so far."""
+def figure(title: str, table: list[dict[str, Any]], metric: str = "val/loss", mode: str = "min") -> Any:
+    """The monitored metric of every trial against its number (pruned and failed marked), and the best so far."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    col, sign = column(metric), (-1.0 if mode == "max" else 1.0)
     styles = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:orange"), "fail": ("s", "tab:gray")}
     for state, (marker, color) in styles.items():
-        pts = [(r["trial"], r["val_loss"]) for r in table
-               if r["state"] == state and r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+        pts = [(r["trial"], r[col]) for r in table
+               if r["state"] == state and r[col] is not None and math.isfinite(r[col])]
         if pts:
             ax.scatter(*zip(*pts), marker=marker, color=color, label=f"{state} ({len(pts)})", zorder=3)
-    best, line = math.inf, []
+    best, line = sign * math.inf, []
     for r in table:
-        if r["state"] == "complete" and r["val_loss"] is not None and r["val_loss"] < best:
-            best = r["val_loss"]
+        if r["state"] == "complete" and r[col] is not None and sign * r[col] < sign * best:
+            best = r[col]
         if math.isfinite(best):
             line.append((r["trial"], best))
     if line:
         ax.step(*zip(*line), where="post", color="tab:green", label="best so far", linewidth=1.5)
     ax.set_xlabel("trial")
-    ax.set_ylabel("val/loss (best of the trial; last reported if pruned)")
+    ax.set_ylabel(f"{metric} (best of the trial; last reported if pruned)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

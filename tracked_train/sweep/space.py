@@ -94,24 +94,33 @@ def load(path: str | Path, base: Any) -> Space:
     if not isinstance(doc, dict) or not doc:
         raise ConfigError(f"{p}: expected a mapping of config keys to distributions, e.g. "
                           "'training.lr: {log_uniform: [1.0e-4, 3.0e-2]}'")
-    params = tuple(_param(p, key, spec) for key, spec in doc.items())
+    params = tuple(_param(p, key, spec, base) for key, spec in doc.items())
     space = Space(str(p), params)
     check(space, base)
     return space
 
 
-def _param(path: Path, key: Any, spec: Any) -> Param:
-    from ..config import FIELDS, build
+def _param(path: Path, key: Any, spec: Any, base: Any) -> Param:
+    from ..config import FIELDS, TASK_ARGS, build
 
     where = f"{path}: {key}"
     if not isinstance(key, str) or "." not in key:
         raise ConfigError(f"{where}: keys are dotted config keys such as 'training.lr', one per line "
                           "(not nested sections)")
-    if key not in FIELDS:
+    if key.startswith(TASK_ARGS):  # one of the task's own settings: its type is the task's to say
+        from ..task import setting_type
+
+        try:
+            tp = setting_type(base.task, key[len(TASK_ARGS):])
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    elif key not in FIELDS:
         try:
             build([(str(path), {key: None})])  # the config's own unknown-key error, with its did-you-mean
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+    else:
+        tp = FIELDS[key][0]
     if key.split(".", 1)[0] in FIXED_SECTIONS:
         raise ConfigError(f"{where}: the {key.split('.', 1)[0]} section cannot be swept (it names or records the "
                           "run); set it in the base config or with --set instead")
@@ -122,7 +131,6 @@ def _param(path: Path, key: Any, spec: Any) -> Param:
     if not isinstance(args, list) or not args:
         example = "[a, b]" if kind == "choice" else "[lo, hi]"
         raise ConfigError(f"{where}: {kind} takes a list, e.g. {{{kind}: {example}}}")
-    tp = FIELDS[key][0]
     if kind == "choice":
         if not all(a is None or isinstance(a, (bool, int, float, str)) for a in args):
             raise ConfigError(f"{where}: choice values must be plain numbers, strings or true/false")

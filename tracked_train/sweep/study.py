@@ -87,15 +87,20 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None
     raise AssertionError("unreachable")
 
 
-def open_study(optuna: Any, storage: Any, name: str, pruner: Any) -> tuple[Any, bool]:
-    """(study, created by this call). Creation is atomic in the database: exactly one worker creates."""
+def open_study(optuna: Any, storage: Any, name: str, pruner: Any, metric: str = "val/loss",
+               mode: str = "min") -> tuple[Any, bool]:
+    """(study, created by this call). Creation is atomic in the database: exactly one worker creates.
+
+    The study optimises the run's monitored metric in its direction (early_stopping.monitor / mode).
+    """
+    direction = "maximize" if mode == "max" else "minimize"
     try:
-        return optuna.create_study(storage=storage, study_name=name, direction="minimize", pruner=pruner), True
+        return optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner), True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name, pruner=pruner)
-        if study.direction != optuna.study.StudyDirection.MINIMIZE:
-            raise UserError(f"study '{name}' maximises; a tracked-train sweep minimises val/loss: use another "
-                            "--study") from None
+        if study.direction.name.lower() != direction:
+            raise UserError(f"study '{name}' {study.direction.name.lower()}s; this sweep {direction}s {metric} "
+                            "(early_stopping.mode): use another --study") from None
         return study, False
 
 
@@ -195,17 +200,18 @@ class Heartbeat:
                 log.debug("sweep: heartbeat failed (%s)", describe(e))
 
 
-def pruned_detail(optuna: Any, study: Any, pruner: str, step: int, value: float) -> str:
+def pruned_detail(optuna: Any, study: Any, pruner: str, step: int, value: float, metric: str = "val/loss") -> str:
     """The sentence a pruned trial ends with: against what it was judged."""
     S = optuna.trial.TrialState
     others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(S.COMPLETE,))
               if step in t.intermediate_values]
     if not others:
-        return f"Pruned at step {step} by the {pruner} pruner (val loss {value:.4f})."
+        return f"Pruned at step {step} by the {pruner} pruner ({metric} {value:.4f})."
     median = statistics.median(others)
+    best = max(others) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(others)
     n = f"{len(others)} finished trial{'s' if len(others) != 1 else ''}"
     if pruner == "median":
-        return (f"Pruned at step {step}: val loss {value:.4f} is worse than the median {median:.4f} of the {n} "
+        return (f"Pruned at step {step}: {metric} {value:.4f} is worse than the median {median:.4f} of the {n} "
                 f"at that step (median pruner).")
-    return (f"Pruned at step {step} by the Hyperband pruner: val loss {value:.4f} is not in the best third of its "
-            f"bracket at this rung (the {n} at that step: median {median:.4f}, best {min(others):.4f}).")
+    return (f"Pruned at step {step} by the Hyperband pruner: {metric} {value:.4f} is not in the best third of its "
+            f"bracket at this rung (the {n} at that step: median {median:.4f}, best {best:.4f}).")

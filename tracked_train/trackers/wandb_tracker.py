@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, describe
 from ..redact import redact
+from ..task import monitor_of
 from .base import Outcome, RunInfo, Tracker
 from .snapshot import remove, snapshot
 
@@ -108,7 +109,10 @@ class WandbTracker(Tracker):
         r.define_metric("train/*", step_metric="step")
         r.define_metric("val/*", step_metric="step")
         r.define_metric("train/tokens_seen", step_metric="step", summary="max")  # an x-axis for any metric
-        r.define_metric("val/loss", step_metric="step", summary="min")
+        metric, mode = monitor_of(run.config)  # the monitored metric's summary is its best, in its direction
+        r.define_metric(metric, step_metric="step", summary=mode)
+        if metric != "val/loss":
+            r.define_metric("val/loss", step_metric="step", summary="min")
         # A resumed run: the checkpoint knows what it logged, the server may know more (a kill -9).
         # A rewound one holds nothing after its start step.
         if run.rewind:
@@ -185,7 +189,9 @@ class WandbTracker(Tracker):
         self._pump.close()  # every row is in before the summary is written
         stop = outcome.stop
         numeric = {"stop_step": stop.step, "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss,
-                   "best_val_nats_per_char": outcome.best_val_nats_per_char}
+                   "best_val_nats_per_char": outcome.best_val_nats_per_char,
+                   **{k.replace("/", "_"): v for k, v in outcome.best_metrics().items()
+                      if k not in ("best/step", "best/val_loss", "best/val_nats_per_char")}}
         summary = {**outcome.tags(), **numeric}  # the same names as MLflow's tags, numbers kept numbers
         self._run.summary.update({k: v for k, v in summary.items() if v not in (None, "")})
         self._close(stop.exit_code)

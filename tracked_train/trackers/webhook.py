@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..early_stopping import Monitor
 from ..errors import UserError
 from ..redact import REDACTED
+from ..task import monitor_of
 from .base import Outcome, RunInfo, Tracker
 
 log = logging.getLogger("tracked_train")
@@ -70,10 +72,7 @@ class WebhookTracker(Tracker):
         self.format = "json"
         self._sender: _Sender | None = None
         self._run = ""
-        self._patience: int | None = None
-        self._min_delta = 0.0
-        self._best_val = math.inf
-        self._evals_without_improvement = 0
+        self._monitor: Monitor | None = None  # the run's own early-stopping rule on its monitored metric
         self._min_loss = math.inf
         self._losses_seen = 0
         self._last_spike_step: int | None = None
@@ -89,10 +88,13 @@ class WebhookTracker(Tracker):
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise UserError(f"webhook URL {_where(url)!r} is not an http(s) URL; use e.g. https://host/path")
         self.url, self.format, self._run = url, tc.webhook_format, run.name
-        self._patience = run.config.early_stopping.patience
-        self._min_delta = run.config.early_stopping.min_delta
+        es = run.config.early_stopping
+        self._monitor = Monitor(*monitor_of(run.config), es.patience, es.min_delta)
         state = run.resume_state or {}
-        self._best_val = _number(state.get("best_val_loss"))
+        if isinstance(state.get("monitor"), dict):
+            self._monitor.load_state_dict(state["monitor"])
+        elif state.get("best_val_loss") is not None and self._monitor.metric == "val/loss":  # an older state
+            self._monitor.best, self._monitor.best_step = float(state["best_val_loss"]), run.start_step
         self._min_loss = _number(state.get("min_train_loss"))
         self._sender = _Sender(url)
         self._sender.start()
@@ -113,8 +115,8 @@ class WebhookTracker(Tracker):
         loss = metrics.get("train/loss")
         if loss is not None:
             self._check_train_loss(float(loss), step)
-        if "val/loss" in metrics:
-            self._on_eval({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
+        if self._monitor is not None and self._monitor.metric in metrics:
+            self._on_monitor({k: v for k, v in metrics.items() if k.startswith("val/")}, metrics, step)
 
     def _check_train_loss(self, loss: float, step: int) -> None:
         if not math.isfinite(loss):
@@ -133,23 +135,25 @@ class WebhookTracker(Tracker):
                        min_loss=self._min_loss)
         self._min_loss = min(self._min_loss, loss)
 
-    def _on_eval(self, val: dict[str, float], step: int) -> None:
-        loss = float(val["val/loss"])
-        improved = loss < self._best_val - self._min_delta  # the early-stopping rule
-        if improved:
-            self._best_val, self._evals_without_improvement = loss, 0
-        else:
-            self._evals_without_improvement += 1
-        best = self._best_val if math.isfinite(self._best_val) else None
-        self._post("eval", step, f"step {step}: val loss {loss:.4f}" + (" (new best)" if improved else
-                   f" (best {self._best_val:.4f})"), metrics=val, best_val_loss=best, improved=improved)
+    def _on_monitor(self, val: dict[str, float], metrics: dict[str, float], step: int) -> None:
+        """An observation of the monitored metric, judged by the same rule that stops the run."""
+        m = self._monitor
+        m.observe(step, metrics, evaluation=bool(val))
+        value = float(metrics[m.metric])
+        best = m.best if m.has_best else None
+        name = m.metric.replace("/", " ")  # "val loss"
+        text = f"step {step}: {name} {value:.4f}" + (" (new best)" if m.improved else
+                                                     f" (best {m.best:.4f})" if best is not None else "")
+        fields = {f"best_{m.metric.replace('/', '_')}": best, "improved": m.improved}
+        if val:
+            self._post("eval", step, text, metrics=val, **fields)
         # Half of patience without improvement: a warning while there is still time to act.
-        if self._patience and self._patience // 2 and self._evals_without_improvement == self._patience // 2:
-            n = self._evals_without_improvement
-            self._post("anomaly", step, f"val loss has not improved for {n} evaluation{'s' * (n > 1)} "
-                       f"(patience {self._patience}); best {self._best_val:.4f}",
-                       kind="no_improvement", evals_without_improvement=self._evals_without_improvement,
-                       best_val_loss=best)
+        half = (m.patience or 0) // 2
+        if half and m.bad_observations == half:
+            n = m.bad_observations
+            self._post("anomaly", step, f"{name} has not improved for {n} evaluation{'s' * (n > 1)} "
+                       f"(patience {m.patience}); best {m.best:.4f}", kind="no_improvement",
+                       evals_without_improvement=n, **{k: v for k, v in fields.items() if k != "improved"})
 
     def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
         pass  # checkpoints are not alerts
@@ -182,7 +186,9 @@ class WebhookTracker(Tracker):
 
     def state(self) -> dict[str, Any]:
         # Running values, so a resumed run's alerts compare against the whole run (never the URL: a secret).
-        return {"best_val_loss": self._best_val if math.isfinite(self._best_val) else None,
+        m = self._monitor
+        return {"monitor": m.state_dict() if m is not None else None,
+                "best_val_loss": m.best if m is not None and m.metric == "val/loss" and m.has_best else None,
                 "min_train_loss": self._min_loss if math.isfinite(self._min_loss) else None}
 
     def _post(self, event: str, step: int, text: str, **fields: Any) -> None:
