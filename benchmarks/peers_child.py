@@ -52,8 +52,8 @@ def batches(cfg):
 def new_model(cfg, tok):
     import torch
 
-    from tracked_train.model import GPT
     from tracked_train.lm import gpt_config
+    from tracked_train.model import GPT
 
     torch.manual_seed(cfg.training.seed)
     return GPT(gpt_config(cfg, tok.vocab_size))
@@ -64,7 +64,7 @@ def optimizer_and_schedule(cfg, model, fused: bool = True):
     import torch
 
     from tracked_train.model import param_groups
-    from tracked_train.train import lr_at
+    from tracked_train.schedule import lr_at
 
     t = cfg.training
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=fused)

@@ -10,8 +10,8 @@ from conftest import cli, records, sets
 
 from tracked_train.checkpoint import config_of
 from tracked_train.config import Config
-from tracked_train.model import GPT, GPTConfig
 from tracked_train.lm import gpt_config
+from tracked_train.model import GPT, GPTConfig
 
 
 def test_a_config_saved_before_the_switches_describes_gpt2():

@@ -60,8 +60,12 @@ def config(recs: list[dict]) -> dict:
 
 def flat_config(recs: list[dict]) -> dict:
     """The run's config as dotted keys; W&B's own keys and the data splits (``datasets``) left out."""
-    return {f"{s}.{k}": v for s, vals in config(recs).items() if not s.startswith("_") and s != "datasets"
-            for k, v in vals.items()}
+    out = {}
+    for s, vals in config(recs).items():
+        if s.startswith("_") or s == "datasets":
+            continue
+        out.update({f"{s}.{k}": v for k, v in vals.items()} if isinstance(vals, dict) else {s: vals})  # `task`
+    return out
 
 
 def artifacts(recs: list[dict]) -> list[dict]:

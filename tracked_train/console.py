@@ -144,6 +144,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.every = max(1, total_steps // 100)
         self.last: dict[str, float] = {}
+        self.parts: dict[str, float] = {}
         self.quiet = mode == "off"  # non-zero ranks under torchrun
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._bar = self._task = None
@@ -167,8 +168,11 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, total=total_steps)
 
-    def update(self, step: int, loss: float, lr: float, tok_s: float, tokens_seen: int) -> None:
+    def update(self, step: int, loss: float, lr: float, tok_s: float, tokens_seen: int,
+               parts: dict[str, float] | None = None) -> None:
+        """``parts``: the loss's named components (a task's own), shown after the total."""
         self.last = {"step": step, "loss": loss, "lr": lr, "tok_s": tok_s, "tokens_seen": tokens_seen}
+        self.parts = parts or {}
         if self._bar is not None:
             self._bar.update(self._task, completed=step,
                              stats=f"loss {loss:.3f}  lr {lr:.2e}  {tok_s:,.0f} tok/s")
@@ -186,7 +190,9 @@ class Progress:
         kind, mib = memory_mib()
         parts = [
             f"step {step}/{self.total} ({100 * step / self.total:.0f}%)",
-            f"loss {self.last['loss']:.4f}", f"lr {self.last['lr']:.2e}",
+            f"loss {self.last['loss']:.4f}" + (" (" + ", ".join(f"{k} {v:.4f}" for k, v in self.parts.items()) + ")"
+                                               if self.parts else ""),
+            f"lr {self.last['lr']:.2e}",
             f"{self.last['tok_s']:,.0f} tok/s", f"tokens {self.last['tokens_seen']:,}",
             f"elapsed {fmt_duration(elapsed)}", f"ETA {fmt_duration(eta)}", f"{it_s:.2f} it/s",
             f"{kind} {mib:,.0f} MiB",

@@ -388,7 +388,7 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
                    "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_step / dt,
                    "train/tokens_seen": p.st.tokens_seen}
         p.trackers.log_metrics(metrics, step)
-        progress.update(step, loss, lr, tokens_per_step / dt, p.st.tokens_seen)
+        progress.update(step, loss, lr, tokens_per_step / dt, p.st.tokens_seen, parts)
         p.stopper.observe(step, metrics)
 
         # Not on diverged weights: a stop the metrics alone decide skips the evaluation.
