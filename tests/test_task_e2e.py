@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -68,8 +69,10 @@ def checkpoint_step(run_dir: Path) -> int:
 
 @pytest.fixture(scope="module")
 def ab(mlflow_server, tmp_path_factory):
-    """A: every tracker, uninterrupted. B: the same run to MLflow, killed -9 after step 20's checkpoint, resumed."""
+    """A: every tracker, uninterrupted. B: the same run to MLflow, killed -9 after step 20's checkpoint, its folder
+    deleted, and resumed from the server on another "machine" (a new folder)."""
     cwd, home = tmp_path_factory.mktemp("collatz"), tmp_path_factory.mktemp("home")
+    machine2 = tmp_path_factory.mktemp("machine2")
     client = mlflow_server.client()
     if client.get_experiment_by_name("tasks") is None:  # two runs starting at once would race to create it
         client.create_experiment("tasks")
@@ -77,20 +80,32 @@ def ab(mlflow_server, tmp_path_factory):
     a = start(cwd, "A", "tracking.trackers=[jsonl, mlflow, wandb, tensorboard]", *to_server, env=wandb_env(home))
     b = start(cwd, "B", "tracking.trackers=[jsonl, mlflow]", *to_server)
     b_dir = cwd / "runs" / "B"
-    wait_until(lambda: checkpoint_step(b_dir) >= 20, "B's checkpoint at step 20", 300, b)
+    wait_until(lambda: checkpoint_step(b_dir) >= 20 and server_has_checkpoint(client, b_dir, machine2),
+               "B's checkpoint of step 20 on the server", 300, b)
     b.send_signal(signal.SIGKILL)
     b.wait()
     killed_at = max(s for s, _ in series(b_dir, "train/loss"))
     assert killed_at < 60, "B finished before it could be killed"
-    r = cli("resume", str(b_dir), cwd=cwd, env=SIDE_BY_SIDE)
+    b_id = run_id_of(b_dir)
+    assert client.get_run(b_id).info.status == "RUNNING"
+    shutil.rmtree(b_dir)  # the first machine is gone
+    r = cli("resume", f"mlflow:{b_id}", cwd=machine2, env={"MLFLOW_TRACKING_URI": mlflow_server.uri, **SIDE_BY_SIDE})
     assert r.returncode == 0, r.stderr[-3000:]
     _, err = a.communicate(timeout=600)
     assert a.returncode == 0, err[-3000:]
-    return cwd / "runs" / "A", b_dir, home, killed_at
+    return cwd / "runs" / "A", machine2 / "runs" / "B", b_id, killed_at
+
+
+def server_has_checkpoint(client, run_dir: Path, tmp: Path) -> bool:
+    try:
+        path = client.download_artifacts(run_id_of(run_dir), "checkpoints/last/manifest.json", str(tmp / "poll"))
+        return json.loads(Path(path).read_text())["step"] >= 20
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
 
 
 def test_components_reach_every_tracker_equal_to_metrics_jsonl(ab, mlflow_server):
-    a_dir, _, _, _ = ab
+    a_dir = ab[0]
     client = mlflow_server.client()
     run_id = run_id_of(a_dir)
     wb = wandb_records(a_dir)
@@ -102,7 +117,8 @@ def test_components_reach_every_tracker_equal_to_metrics_jsonl(ab, mlflow_server
         assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) == local, key
         assert wandb_history(wb, key) == local, key
         assert scalars[key] == float32(local), key
-    assert "train/perplexity" not in records(a_dir)[1]  # a language model's figure, not this task's
+    assert not any("train/perplexity" in r for r in records(a_dir))  # a language model's figure, not this task's
+    assert not any(k.startswith(("model.", "data.", "tokenizer.")) for k in client.get_run(run_id).data.params)
     # Both components fall; the stopping-time regression by at least half.
     for key in ("train/loss/stopping_time", "train/loss/next_step"):
         values = [v for _, v in series(a_dir, key)]
@@ -119,23 +135,25 @@ def test_components_reach_every_tracker_equal_to_metrics_jsonl(ab, mlflow_server
     assert params["task"] == TASK and params["task_args.d_model"] == "32" and params["task_args.huber_delta"] == "1.0"
 
 
-def test_kill_9_and_resume_gives_the_uninterrupted_values_in_one_mlflow_run(ab, mlflow_server):
-    a_dir, b_dir, _, killed_at = ab
+def test_kill_9_and_resume_from_the_server_gives_the_uninterrupted_values_in_one_mlflow_run(ab, mlflow_server):
+    a_dir, b_dir, b_id, killed_at = ab
     assert killed_at >= 20
-    for key in COMPONENTS + VAL:
-        assert series(b_dir, key) == series(a_dir, key), key
+    resumed_from = min(s for s, _ in series(b_dir, "train/loss")) - 1
+    assert resumed_from >= 20
     client = mlflow_server.client()
-    b_id = run_id_of(b_dir)
+    for key in COMPONENTS + VAL:
+        # The server holds every step once, value for value; the new folder from the checkpoint's step on.
+        assert sorted((m.step, m.value) for m in client.get_metric_history(b_id, key)) == series(a_dir, key), key
+        assert series(b_dir, key) == [(s, v) for s, v in series(a_dir, key) if s > resumed_from], key
     runs = client.search_runs([client.get_experiment_by_name("tasks").experiment_id],
                               filter_string="attributes.run_name = 'B'")
     assert [r.info.run_id for r in runs] == [b_id]
-    for key in COMPONENTS:
-        assert sorted((m.step, m.value) for m in client.get_metric_history(b_id, key)) == series(a_dir, key)
     assert client.get_run(b_id).info.status == "FINISHED"
+    assert client.get_run(b_id).data.tags["stop_reason"] == "completed"
 
 
 def test_the_logged_model_predicts_in_a_fresh_process(ab, mlflow_server, tmp_path):
-    a_dir, _, _, _ = ab
+    a_dir = ab[0]
     client = mlflow_server.client()
     run = client.get_run(run_id_of(a_dir))
     model_id = run.outputs.model_outputs[0].model_id
@@ -152,7 +170,7 @@ def test_the_logged_model_predicts_in_a_fresh_process(ab, mlflow_server, tmp_pat
 def test_load_returns_the_tasks_model_and_export_refuses_it(ab, tmp_path):
     import tracked_train
 
-    a_dir, _, _, _ = ab
+    a_dir = ab[0]
     model, task = tracked_train.load(a_dir)
     assert type(model).__name__ == "CollatzNet" and not model.training
     assert task.settings.d_model == 32

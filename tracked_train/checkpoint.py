@@ -202,7 +202,8 @@ def config_of(state: dict[str, Any], where: Path | str = "the checkpoint") -> An
 
     try:
         nested = {sec: vals if sec == "task" else dict(vals) for sec, vals in state["config"].items()}
-        nested["model"] = {**GPT2_DESIGN, **nested.get("model", {})}  # saved before the switches existed
+        if nested.get("task", "lm") == "lm":  # saved before the switches existed
+            nested["model"] = {**GPT2_DESIGN, **nested.get("model", {})}
         nested["training"] = {"optimizer": "adamw", **nested.get("training", {})}
         name = nested.get("run", {}).get("name")
         if isinstance(name, str) and problem(name):  # names a folder: never trust one from elsewhere

@@ -97,6 +97,9 @@ def run(overrides: tuple[str, ...], config_file: str | None, sets: tuple[str, ..
     agents such as W&B's pass them. Config precedence: KEY=VALUE, --set and flags >
     TRACKED_TRAIN_<SECTION>_<KEY> environment > --config YAML > defaults. MLflow's MLFLOW_EXPERIMENT_NAME
     sets tracking.experiment when none of them does.
+
+    Your own model, data and losses: task=my_module:MyTask (or path/to/file.py:MyTask), its settings as
+    task_args.NAME=VALUE; see docs/tasks.md and experiments/collatz.yaml.
     """
     from . import config
 

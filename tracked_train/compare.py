@@ -454,13 +454,14 @@ def _print_compare_table(runs, names, params, metrics) -> None:
         ["duration", *(_fmt_duration(r.duration_s) for r in runs)],
         "params that differ" if params else "params: all the same",
         *([k, *map(_param_cell, values)] for k, values in params.items()),
-        "metrics (* = lowest)",
+        "metrics (* = best)",
     ]
     for m in metrics:
         digits = 2 if "perplexity" in m.metric else 4
         cells = [_fmt(v, digits) + (" *" if i == m.best_index else "") for i, v in enumerate(m.values)]
         rows.append([f"{m.metric} {m.kind}", *cells])
-    caption = "best: the lowest value in the run; final: at its last step; * marks the lowest across runs"
+    caption = ("best: the lowest value in the run (the highest where higher is better: accuracy, a max monitor); "
+               "final: at its last step; * marks the best across runs")
     if not all(m.ranked for m in metrics):
         caption += (f"; the runs' tokenizers or data differ, so only {PER_CHAR} is ranked "
                     "(a loss per token depends on what a token is)")

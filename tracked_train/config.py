@@ -185,6 +185,8 @@ class Config:
             args = redact(dict(self.task_args))
             out["task_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
         for sec in SECTIONS:
+            if self.task != "lm" and sec in LM_SECTIONS:
+                continue  # the language model's settings: another task has its own, in task_args
             values = redact({k: v for k, v in dataclasses.asdict(getattr(self, sec)).items()})
             out[sec] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         return out
@@ -226,6 +228,8 @@ MODEL_SHAPE_KEYS = (
 
 # The sections of dotted keys (the task and its task_args are handled apart: the task decides its settings).
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("task", "task_args"))
+# The built-in language model's own settings (task: lm); any other task declares its own in task_args.
+LM_SECTIONS = ("data", "tokenizer", "model")
 TASK_ARGS = "task_args."
 
 
@@ -476,6 +480,13 @@ def resolve(config_file: str | None, sets: list[str], cli: Mapping[str, Any] | N
 def validate(cfg: Config) -> None:
     """Cross-field rules that no single field's type can express."""
     m, t, d = cfg.model, cfg.training, cfg.data
+    if cfg.task != "lm":
+        for sec in LM_SECTIONS:
+            changed = [k for k, v in dataclasses.asdict(getattr(cfg, sec)).items()
+                       if v != getattr(getattr(Config(), sec), k)]
+            if changed:
+                raise ConfigError(f"{sec}.{changed[0]} is a setting of the built-in language model (task lm); "
+                                  f"task {cfg.task} takes its settings under task_args (see --print-config)")
     if cfg.run.name is not None:
         from .names import problem, sanitise
 
