@@ -223,8 +223,10 @@ def load_weights(model: Any, weights: dict[str, Any], where: Path | str = "the c
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         from .errors import describe
 
-        raise CheckpointError(f"checkpoint {where}: its weights do not fit the model its config describes "
-                              f"({describe(e, 200)}); it is damaged or was edited") from None
+        what = str(where) if str(where).startswith("the ") else f"checkpoint {where}"
+        raise CheckpointError(f"{what}: its weights do not fit the model its config describes "
+                              f"({describe(e, 200)}); a setting that shapes the model changed since it was saved "
+                              "(start a new run for that), or it is damaged") from None
 
 
 def restore_task(state: dict[str, Any], where: Path | str = "the checkpoint") -> tuple[Any, Any]:

@@ -263,8 +263,18 @@ def _describe(tp: Any) -> str:
         inner = [a for a in args if a is not type(None)]
         return _describe(inner[0]) + " or empty"
     if origin is tuple:
-        return "a list of strings"
+        return "a list of numbers" if args and args[0] in (int, float) else "a list of strings"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _number(text: str) -> Any:
+    """``"16"`` -> 16, ``"1e-3"`` -> 0.001; anything else stays text (and fails the number check)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) -> Any:
@@ -295,6 +305,10 @@ def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str)
             raise bad("expected a list of strings, e.g. [a.txt, b.txt] or a.txt,b.txt")
         if not all(isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in items):
             raise bad("expected a list of strings")
+        item = args[0] if args and args[0] is not Ellipsis else str
+        if item in (int, float):  # a task's tuple[int, ...] setting: each item checked like a number key
+            return tuple(_coerce(f"{key}[{n}]", i if not isinstance(i, str) else _number(i), item, {}, source)
+                         for n, i in enumerate(items))
         return tuple(str(i) for i in items)
     if tp is bool:
         if not isinstance(value, bool):
@@ -324,6 +338,10 @@ def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str)
     lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
     if lo is not None and (value < lo or (lo_open and value == lo)) or hi is not None and value > hi:
         left = "(" if lo_open else "["
+        if hi is None:
+            raise bad(f"must be {'over' if lo_open else 'at least'} {lo:g}")
+        if lo is None:
+            raise bad(f"must be at most {hi:g}")
         raise bad(f"allowed range is {left}{lo:g}, {hi:g}]")
     return value
 

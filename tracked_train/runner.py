@@ -262,6 +262,9 @@ def _run(parts) -> int:
         trackers.finish(Outcome(stop))
         log.info("stopped: %s", stop.detail)
         return 130
+    except UserError as e:  # bad input only training could reveal (a monitor no metric answers): one line, exit 2
+        trackers.finish(Outcome(Stop(StopReason.FAILED, f"Failed at step {parts.st.step}: {e}", parts.st.step)))
+        raise
     except Exception as e:
         log.error("training failed at step %d: %s: %s", parts.st.step, type(e).__name__, describe(e))
         log.error("%s", traceback.format_exc(), extra=FILE_ONLY)

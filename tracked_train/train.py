@@ -389,6 +389,7 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
                    "train/tokens_seen": p.st.tokens_seen}
         p.trackers.log_metrics(metrics, step)
         progress.update(step, loss, lr, tokens_per_step / dt, p.st.tokens_seen, parts)
+        _check_monitor(p, metrics, "train/")
         p.stopper.observe(step, metrics)
 
         # Not on diverged weights: a stop the metrics alone decide skips the evaluation.
@@ -463,10 +464,21 @@ def _agree(*flags: bool) -> list[bool]:
     return [v > 0 for v in distributed.all_reduce([float(f) for f in flags], op="max")]
 
 
+def _check_monitor(p: Parts, metrics: dict[str, float], kind: str) -> None:
+    """A monitor no metric answers would never stop or save a best: bad input, said at its first chance."""
+    metric = p.stopper.monitor.metric
+    if metric.startswith(kind) and metric not in metrics:
+        names = ", ".join(sorted(metrics))
+        raise UserError(f"early_stopping.monitor={metric!r} is not a metric this task logs ({names}); "
+                        f"fix it and `tracked-train resume {p.run_dir} --set early_stopping.monitor=... "
+                        "--allow-config-change`")
+
+
 def _evaluate_and_save_best(p: Parts, progress: Progress) -> None:
     val = evaluate(p)
     step = p.st.last_eval_step = p.st.step
     p.trackers.log_metrics(val, step)
+    _check_monitor(p, val, "val/")
     p.stopper.observe(step, val, evaluation=True)
     monitor = p.stopper.monitor
     improved = monitor.best_step == step and monitor.improved

@@ -1,0 +1,329 @@
+"""A task of one's own under the real loop, in this process: a run takes a fraction of a second.
+
+The task is defined below and loaded the way a user's is, by its file (``task: path/to/this.py:TinyTask``), so
+this module is imported a second time by the loader: keep its top-level imports to what a task file may use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tracked_train
+
+HERE = Path(__file__).resolve()
+TINY = f"{HERE}:TinyTask"
+W_TRUE = torch.tensor([1.0, -2.0, 0.5, 1.5])
+
+
+def features(seed: int, first: int, count: int) -> torch.Tensor:
+    """Examples [first, first + count) of the seed's stream, 4 features in [-1, 1): each a pure function of
+    (seed, index) (splitmix64), so any batch can be recomputed on resume."""
+    idx = np.arange(first, first + count, dtype=np.uint64)[:, None] * np.uint64(4) + np.arange(4, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = idx + np.uint64(seed + 1) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / 2**53 * 2 - 1).float()
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    hidden: int = field(default=8, metadata={"lo": 1, "hi": 64})
+    b_weight: float = field(default=0.5, metadata={"lo": 0.0, "hi": 10.0})
+    valid_examples: int = field(default=256, metadata={"lo": 1, "hi": 100_000})
+
+
+class TinyTask(tracked_train.Task):
+    """Is 4 features' weighted sum positive? A two-layer MLP with two heads: the class (loss ``a``, cross-entropy)
+    and the sum itself (loss ``b``, squared error)."""
+
+    Settings = TinySettings
+
+    def __init__(self, cfg, settings: TinySettings):
+        super().__init__(cfg, settings)
+        self.valid = self.examples(features(cfg.training.seed + 1_000_003, 0, settings.valid_examples))
+
+    @staticmethod
+    def examples(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        score = x @ W_TRUE
+        return {"x": x, "label": (score > 0).long(), "score": score}
+
+    def build_model(self):
+        return torch.nn.Sequential(torch.nn.Linear(4, self.settings.hidden), torch.nn.Tanh(),
+                                   torch.nn.Linear(self.settings.hidden, 3))
+
+    def batch(self, position, size):
+        # A test's way to stop a run mid-way: TINY_TASK_STOP_AT="sigint:POSITION" (a Ctrl-C) or "raise:POSITION"
+        # (a second Ctrl-C: stopped at once, like a kill, with steps logged after the last checkpoint).
+        how, _, at = os.environ.get("TINY_TASK_STOP_AT", "").partition(":")
+        if at and position == int(at):
+            if how == "sigint":
+                signal.raise_signal(signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return self.examples(features(self.cfg.training.seed, position, size))
+
+    def losses(self, model, b):
+        out = model(b["x"])
+        return F.cross_entropy(out[:, :2], b["label"]), F.mse_loss(out[:, 2], b["score"]), out
+
+    def loss(self, model, batch):
+        a, b, _ = self.losses(model, batch)
+        return tracked_train.Loss(a + self.settings.b_weight * b, {"a": a, "b": b})
+
+    def evaluate(self, model):
+        a, b, out = self.losses(model, self.valid)
+        accuracy = (out[:, :2].argmax(-1) == self.valid["label"]).float().mean()
+        return {"loss": float(a + self.settings.b_weight * b), "accuracy": float(accuracy)}
+
+
+class AccuracyTask(TinyTask):
+    """The same, following its accuracy (higher is better) unless the config says otherwise."""
+
+    monitor, mode = "val/accuracy", "max"
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+BASE = ["tracking.trackers=jsonl", "console.progress=lines", "training.device=cpu", "training.precision=fp32",
+        "training.batch_size=16", "training.max_steps=40", "training.eval_every=10", "training.checkpoint_every=10",
+        "training.lr=0.05", "training.warmup_steps=0"]
+
+
+def resolve(*sets: str, task: str = TINY, environ: dict | None = None):
+    from tracked_train import config
+
+    return config.resolve(None, [f"task={task}", *BASE, *sets], environ=environ or {})
+
+
+def run(tmp_path: Path, name: str, *sets: str, task: str = TINY) -> tuple[int, Path]:
+    """A whole run (lock, trackers, loop, ending) as `tracked-train run` does it; (exit code, run folder)."""
+    from tracked_train import runner
+
+    code = runner.start(resolve(f"run.output_dir={tmp_path}", f"run.name={name}", *sets, task=task))
+    return code, tmp_path / name
+
+
+def records(run_dir: Path) -> list[dict]:
+    from tracked_train.trackers import jsonl
+
+    return jsonl.read(run_dir / "metrics.jsonl")
+
+
+def series(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in records(run_dir) if key in r]
+
+
+def stop_event(run_dir: Path) -> dict:
+    return [r for r in records(run_dir) if r.get("event") == "stop"][-1]
+
+
+# --- what a task's run logs ----------------------------------------------------------------------------------
+
+def test_loss_components_every_step_and_validation_metrics_at_evaluations(tmp_path):
+    code, run_dir = run(tmp_path, "a")
+    assert code == 0 and stop_event(run_dir)["reason"] == "completed"
+    total, a, b = (series(run_dir, k) for k in ("train/loss", "train/loss/a", "train/loss/b"))
+    assert [s for s, _ in total] == [s for s, _ in a] == [s for s, _ in b] == list(range(1, 41))
+    for (_, t), (_, va), (_, vb) in zip(total, a, b):
+        assert t == pytest.approx(va + 0.5 * vb, rel=1e-5)  # the total the optimizer minimised, and its parts
+    assert sum(v for _, v in a[-5:]) < sum(v for _, v in a[:5])  # it learns
+    logged = {k for r in records(run_dir) if "event" not in r for k in r}
+    assert {k for k in logged if k.startswith("val/")} == {"val/loss", "val/accuracy"}
+    assert [s for s, _ in series(run_dir, "val/accuracy")] == [10, 20, 30, 40]
+    assert "train/perplexity" not in logged  # the language model's figure, not every task's
+    params = next(r["params"] for r in records(run_dir) if r.get("event") == "params")
+    assert params["task"] == TINY and params["task_args.hidden"] == 8
+    assert not any(k.startswith(("model.", "data.", "tokenizer.")) for k in params)
+
+
+def test_patience_on_a_metric_where_higher_is_better(tmp_path):
+    # A learning rate too small to move any prediction: the accuracy stays where it started.
+    code, run_dir = run(tmp_path, "p", "training.lr=1e-7", "training.min_lr=0", "training.eval_every=5",
+                        "early_stopping.monitor=val/accuracy", "early_stopping.mode=max", "early_stopping.patience=2")
+    accuracy = series(run_dir, "val/accuracy")
+    assert [s for s, _ in accuracy] == [5, 10, 15] and len({v for _, v in accuracy}) == 1
+    stop = stop_event(run_dir)
+    assert code == 0 and stop["reason"] == "patience" and stop["step"] == 15
+    assert "val/accuracy did not improve" in stop["detail"] and "(max)" in stop["detail"]
+    assert f"best {accuracy[0][1]:.4f} at step 5" in stop["detail"]
+    assert max(s for s, _ in series(run_dir, "train/loss")) == 15
+
+
+@pytest.mark.parametrize("task, sets", [
+    (TINY, ["early_stopping.monitor=val/accuracy", "early_stopping.mode=max"]),
+    (f"{HERE}:AccuracyTask", []),  # the task's own monitor and mode
+], ids=["set", "the task's own"])
+def test_target_on_a_metric_where_higher_is_better(tmp_path, task, sets):
+    code, run_dir = run(tmp_path, "t", "training.eval_every=5", "early_stopping.target=0.97", *sets, task=task)
+    accuracy = series(run_dir, "val/accuracy")
+    first = next(s for s, v in accuracy if v >= 0.97)
+    stop = stop_event(run_dir)
+    assert code == 0 and stop["reason"] == "target_reached" and stop["step"] == first < 40
+    assert all(v < 0.97 for s, v in accuracy if s < first) and accuracy[-1][0] == first
+    assert "Reached the target val/accuracy 0.97" in stop["detail"]
+
+
+# --- exact resume --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how, position, stopped_at, resumed_from", [
+    ("sigint", 19 * 16, 20, 20),  # Ctrl-C in step 20: it ends, is saved, and the run stops (exit 130)
+    ("raise", 16 * 16, 16, 10),  # a second Ctrl-C in step 17: stopped at once; steps 11-16 logged after `last`
+])
+def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how, position, stopped_at,
+                                                      resumed_from):
+    from tracked_train.resume import resume
+
+    assert run(tmp_path, "a")[0] == 0
+    monkeypatch.setenv("TINY_TASK_STOP_AT", f"{how}:{position}")
+    code, b = run(tmp_path, "b")
+    monkeypatch.delenv("TINY_TASK_STOP_AT")
+    assert code == 130 and max(s for s, _ in series(b, "train/loss")) == stopped_at
+    assert resume(str(b), []) == 0
+    events = [r for r in records(b) if "event" in r]
+    resumed = next(i for i, r in enumerate(records(b)) if r.get("event") == "resume")
+    assert events[-1]["reason"] == "completed" and records(b)[resumed]["step"] == resumed_from
+    after = [r["step"] for r in records(b)[resumed:] if "train/loss" in r]
+    assert after == list(range(resumed_from + 1, 41))  # continued from the checkpoint, not from step 0
+    a = tmp_path / "a"
+    keys = {k for r in records(a) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
+    assert {"train/loss/a", "val/accuracy"} <= keys
+    for key in sorted(keys):
+        assert series(b, key) == series(a, key), key  # bit for bit, and each step once
+
+
+# --- task_args -----------------------------------------------------------------------------------------------
+
+def test_a_monitor_no_metric_answers_fails_at_the_first_evaluation(tmp_path):
+    from tracked_train.errors import UserError
+
+    with pytest.raises(UserError, match=r"early_stopping.monitor='val/acuracy' is not a metric this task logs "
+                                        r"\(val/accuracy, val/loss\)"):
+        run(tmp_path, "typo", "early_stopping.monitor=val/acuracy", "early_stopping.patience=1")
+    stop = [r for r in records(tmp_path / "typo") if r.get("event") == "stop"][-1]
+    assert stop["reason"] == "failed" and stop["step"] == 10 and "val/acuracy" in stop["detail"]
+
+
+def test_task_args_defaults_and_overrides():
+    flat = resolve().flat()
+    assert flat["task"] == TINY
+    assert {k: v for k, v in flat.items() if k.startswith("task_args.")} == {
+        "task_args.hidden": 8, "task_args.b_weight": 0.5, "task_args.valid_examples": 256}
+    assert resolve(environ={"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "16"}).task_args["hidden"] == 16
+    assert resolve(environ={"TRACKED_TRAIN_TASK_ARGS_B_WEIGHT": "2"}).task_args["b_weight"] == 2.0
+    both = resolve("task_args.hidden=32", environ={"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "16"})
+    assert both.task_args["hidden"] == 32  # --set over the environment
+    from tracked_train import task
+
+    settings = task.create(both).settings
+    assert type(settings).__name__ == "TinySettings" and (settings.hidden, settings.b_weight) == (32, 0.5)
+
+
+DID_YOU_MEAN = "(did you mean 'task_args.hidden'?)"
+
+
+@pytest.mark.parametrize("sets, environ, expected", [
+    (["task_args.hiden=4"], {}, ("unknown task setting 'task_args.hiden' for task ", DID_YOU_MEAN)),
+    ([], {"TRACKED_TRAIN_TASK_ARGS_HIDEN": "4"}, ("'task_args.hiden'", DID_YOU_MEAN)),
+    (["task_args.nonsense=1"], {}, ("its settings are hidden, b_weight, valid_examples",)),
+    (["task_args.hidden=wide"], {}, ("--set: task_args.hidden='wide' is invalid: expected an integer",)),
+    ([], {"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "wide"}, ("environment: task_args.hidden='wide' is invalid",)),
+    (["task_args.hidden=99"], {}, ("task_args.hidden=99 is invalid: allowed range is [1, 64]",)),
+    (["task_args.b_weight=-1"], {}, ("task_args.b_weight=-1 is invalid: allowed range is [0, 10]",)),
+])
+def test_bad_task_args_are_one_line_config_errors(sets, environ, expected):
+    from tracked_train.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        resolve(*sets, environ=environ)
+    assert all(x in str(e.value) for x in expected) and "\n" not in str(e.value), str(e.value)
+
+
+@dataclass(frozen=True)
+class OddSettings:
+    at_least: int = field(default=1, metadata={"lo": 1})  # a bound on one side only
+    sizes: tuple[int, ...] = (8, 16)
+
+
+class OddTask(TinyTask):
+    Settings = OddSettings
+
+
+def test_a_one_sided_range_is_a_config_error():
+    from tracked_train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        resolve("task_args.at_least=0", task=f"{HERE}:OddTask")
+
+
+def test_a_tuple_of_integers_setting_keeps_its_type():
+    from tracked_train.errors import ConfigError
+
+    assert resolve("task_args.sizes=[4, 2]", task=f"{HERE}:OddTask").task_args["sizes"] == (4, 2)
+    assert resolve(task=f"{HERE}:OddTask").task_args["sizes"] == (8, 16)  # the default, typed too
+    with pytest.raises(ConfigError, match=r"task_args.sizes\[1\]='x' is invalid: expected an integer"):
+        resolve("task_args.sizes=[4, x]", task=f"{HERE}:OddTask")
+
+
+# --- bad tasks -----------------------------------------------------------------------------------------------
+
+BROKEN = '''
+import tracked_train
+
+class NotATask:
+    pass
+
+class Half(tracked_train.Task):
+    def build_model(self): ...
+    def batch(self, position, size): ...
+    def loss(self, model, batch): ...
+
+class Explodes(tracked_train.Task):
+    def build_model(self):
+        raise RuntimeError("no such layer: 'attn2'")
+    def batch(self, position, size): ...
+    def loss(self, model, batch): ...
+    def evaluate(self, model): return {}
+'''
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("missing.py:T", "task file 'missing.py' does not exist"),
+    ("no_such_module_xyz:T", "module 'no_such_module_xyz' not found"),
+    ("TinyTask", "is not a task: write a built-in name (lm), module.path:Class"),
+    ("broken.py:Explode", "has no 'Explode' (did you mean 'Explodes'?)"),
+    ("broken.py:NotATask", "NotATask is not a tracked_train.Task subclass"),
+    ("broken.py:Half", "Half does not implement evaluate"),
+])
+def test_a_bad_task_spec_is_one_config_error_line(tmp_path, monkeypatch, spec, expected):
+    from tracked_train.errors import ConfigError
+
+    (tmp_path / "broken.py").write_text(BROKEN)
+    monkeypatch.chdir(tmp_path)  # a task file's path is relative to the working folder
+    with pytest.raises(ConfigError) as e:
+        resolve(task=spec)
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_task_whose_build_model_fails_exits_2_in_one_line_and_leaves_no_run_folder(tmp_path):
+    from conftest import cli
+
+    (tmp_path / "broken.py").write_text(BROKEN)
+    out = tmp_path / "out"
+    r = cli("run", "--output-dir", str(out), "--run-name", "x", "--set", "task=broken.py:Explodes",
+            "--set", "tracking.trackers=jsonl", "--set", "training.device=cpu", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "build_model failed: RuntimeError: no such layer: 'attn2'" in errors[0]
+    assert r.stderr.rstrip().splitlines()[-1] == errors[0]
+    assert not out.exists() or not any(out.iterdir())
