@@ -283,3 +283,37 @@ def test_a_bad_task_is_one_line_exit_2_and_leaves_nothing(task, expected, mlflow
     if exp is not None:  # a task that failed after the trackers started: its run was removed, none is RUNNING
         assert client.search_runs([exp.experiment_id], run_view_type=3) == [] or all(
             r.info.lifecycle_stage == "deleted" for r in client.search_runs([exp.experiment_id], run_view_type=3))
+
+
+NO_PREDICT = '''
+import torch
+import tracked_train
+
+class Line(tracked_train.Task):
+    def build_model(self):
+        return torch.nn.Linear(1, 1)
+    def batch(self, position, size):
+        x = torch.arange(position, position + size, dtype=torch.float32).unsqueeze(1) % 7
+        return x, 3 * x + 1
+    def loss(self, model, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y)
+    def evaluate(self, model):
+        x = torch.arange(7, dtype=torch.float32).unsqueeze(1)
+        return {"loss": torch.nn.functional.mse_loss(model(x), 3 * x + 1).item()}
+'''
+
+
+def test_a_task_without_predict_logs_its_checkpoint_as_the_model(mlflow_server, tmp_path):
+    (tmp_path / "line.py").write_text(NO_PREDICT)
+    r = cli("run", "--run-name", "line", "--set", "task=line.py:Line", "--set", "training.max_steps=4",
+            "--set", "training.eval_every=2", "--set", "tracking.trackers=[jsonl, mlflow]",
+            "--set", f"tracking.mlflow_uri={mlflow_server.uri}", "--set", "tracking.experiment=tasks-files",
+            "--set", "console.progress=lines", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "task line.py:Line has no predict(); its best checkpoint is logged as files" in r.stderr
+    client = mlflow_server.client()
+    run = client.get_run(run_id_of(tmp_path / "runs" / "line"))
+    model_id = run.outputs.model_outputs[0].model_id
+    files = {Path(a.path).name for a in client.list_logged_model_artifacts(model_id)}
+    assert {"checkpoint.pt", "manifest.json", "config.yaml"} <= files and "MLmodel" not in files
