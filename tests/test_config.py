@@ -95,6 +95,10 @@ def test_mlflow_experiment_name_only_when_nothing_else_names_it(tmp_path):
     ("training.precision=fp8", "expected one of 'auto', 'fp32', 'bf16', 'fp16'"),
     ("training.compile=maybe", "expected true or false"),
     ("model.n_heads=3", "model.d_model=256 must be divisible by model.n_heads=3"),
+    # Values that passed validation and then crashed mid-run (issue 25).
+    ("model.d_model=72", "heads of 9 features; rotary positions need an even head size"),
+    ("training.seed=-5", "training.seed=-5 is invalid: allowed range is [0, 9223372036854775807]"),
+    (f"training.seed={2**64}", "is invalid: allowed range is [0, 9223372036854775807]"),
 ])
 def test_bad_values_name_the_problem(assignment, message):
     with pytest.raises(ConfigError) as e:
@@ -123,9 +127,18 @@ def test_config_roundtrip():
     (["--config", "missing.yaml"], "does not exist"),
     (["--set", "data.source=text", "--set", "data.train_files=nope.txt"], "data file 'nope.txt' does not exist"),
     (["--tracker", "mlfow"], "unknown tracker 'mlfow'"),
+    # The variables the package reads that are not config keys (issue 25): checked before anything is made.
+    (["ENV", "TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT=abc"], "TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT='abc' is invalid"),
+    (["ENV", "TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S=0"], "expected a number of seconds over 0"),
+    (["ENV", "TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT=nan"], "TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT='nan' is invalid"),
+    (["ENV", "TRACKED_TRAIN_CACHE=/proc/nope"], "TRACKED_TRAIN_CACHE='/proc/nope' is not a folder"),
 ])
 def test_cli_bad_input_exit_2_one_line_no_run_folder(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
+    if args[0] == "ENV":
+        name, _, value = args[1].partition("=")
+        monkeypatch.setenv(name, value)
+        args = []
     (tmp_path / "BAD_YAML").write_text("training: {lr: 0.1\n")
     result = CliRunner().invoke(main, ["run", "--output-dir", "out", *args])
     assert result.exit_code == 2, result.output

@@ -106,7 +106,7 @@ class TrainingConfig:
     eval_every: int = field(default=50, metadata=_range(1, 10**12))
     eval_batches: int = field(default=10, metadata=_range(1, 100_000))
     checkpoint_every: int = field(default=50, metadata=_range(1, 10**12))
-    seed: int = 1337
+    seed: int = field(default=1337, metadata=_range(0, 2**63 - 1))  # numpy and torch take 0 ... 2^63 - 1
     time_budget_s: float | None = field(default=None, metadata=_range(0.0, 1e9, lo_open=True))
 
 
@@ -338,11 +338,13 @@ def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str)
     lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
     if lo is not None and (value < lo or (lo_open and value == lo)) or hi is not None and value > hi:
         left = "(" if lo_open else "["
+        lo_s, hi_s = (str(b) if isinstance(b, int) and abs(b) > 10**6 else f"{b:g}" if b is not None else ""
+                      for b in (lo, hi))  # 2^63 - 1 in full, not 9.22337e+18
         if hi is None:
-            raise bad(f"must be {'over' if lo_open else 'at least'} {lo:g}")
+            raise bad(f"must be {'over' if lo_open else 'at least'} {lo_s}")
         if lo is None:
-            raise bad(f"must be at most {hi:g}")
-        raise bad(f"allowed range is {left}{lo:g}, {hi:g}]")
+            raise bad(f"must be at most {hi_s}")
+        raise bad(f"allowed range is {left}{lo_s}, {hi_s}]")
     return value
 
 
@@ -423,8 +425,40 @@ def _unknown_env(name: str) -> ConfigError:
     return ConfigError(f"unknown environment variable {name}{hint}")
 
 
+# The numeric NOT_CONFIG_ENV variables: (lowest allowed, whether that bound itself is allowed).
+_ENV_SECONDS = {"TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S": (0.0, False), "TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": (0.0, True),
+                "TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT": (0.0, True)}
+
+
+def check_env(environ: Mapping[str, str]) -> None:
+    """The variables the package reads that are not config keys: a bad value is bad input, said before anything
+    is created (not an internal error mid-run)."""
+    for name, (lo, inclusive) in _ENV_SECONDS.items():
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < lo or (value == lo and not inclusive):
+            raise ConfigError(f"environment: {name}={raw!r} is invalid: expected a number of seconds "
+                              f"{'at least' if inclusive else 'over'} {lo:g}; fix or unset it")
+    cache = environ.get("TRACKED_TRAIN_CACHE")
+    if cache:
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            ok = os.access(cache, os.W_OK | os.X_OK)
+        except OSError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"environment: TRACKED_TRAIN_CACHE={cache!r} is not a folder this process can create "
+                              "and write; point it at a writable folder or unset it")
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``TRACKED_TRAIN_TRAINING_MAX_STEPS=50`` -> ``{"training.max_steps": 50}``; unknown names are errors."""
+    check_env(environ)
     out = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
@@ -514,6 +548,10 @@ def validate(cfg: Config) -> None:
                               f"it names a folder: use e.g. --run-name {sanitise(cfg.run.name)!r}")
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}")
+    if m.pos_encoding == "rope" and (m.d_model // m.n_heads) % 2:
+        raise ConfigError(f"model.d_model={m.d_model} / model.n_heads={m.n_heads} gives heads of "
+                          f"{m.d_model // m.n_heads} features; rotary positions need an even head size: change "
+                          "either, or set model.pos_encoding=learned")
     kv = m.n_kv_heads or m.n_heads
     if m.n_heads % kv:
         raise ConfigError(f"model.n_heads={m.n_heads} must be divisible by model.n_kv_heads={kv}")

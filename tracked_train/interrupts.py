@@ -40,6 +40,35 @@ def _read_commands() -> None:
             os.write(2, f"unknown command {word!r}; type stop or status, then Enter\n".encode())
 
 
+class Deferred:
+    """Signals while a run's ending reaches the trackers (the model upload, the final status): the first SIGINT or
+    SIGTERM waits until the ending is complete, so no tracker is left RUNNING (a batch scheduler's time-limit
+    SIGTERM lands exactly there); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        if _main_rank():
+            os.write(2, f"\n{self.received}: finishing the run's ending on every tracker first "
+                        "(again to stop at once)\n".encode())
+
+    def __enter__(self) -> Deferred:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class Interrupts:
     def __init__(self) -> None:
         self.requested: str | None = None  # name of the signal that asked us to stop

@@ -56,9 +56,12 @@ def check_drift(saved: config.Config, cfg: config.Config, allow: bool) -> dict[s
 
 def resume(source: str, sets: list[str], which: str = "last", fork: bool = False,
            allow_config_change: bool = False) -> int:
+    import os
+
     from . import distributed, runner
     from .console import setup_logging
 
+    config.check_env(os.environ)  # bad input before anything is read, fetched or created
     setup_logging(None)  # what the resume decides is said before the run's log file exists
     if distributed.init().is_main:
         attempt, decided = None, False

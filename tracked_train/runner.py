@@ -251,6 +251,19 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
 
 
 def _run(parts) -> int:
+    """Train to a stop; the ending reaches every tracker once, whatever signal arrives meanwhile."""
+    from .interrupts import Deferred
+
+    # Inside the loop, Interrupts' own handlers stop it cleanly; before and after it, a first SIGINT/SIGTERM
+    # waits until the ending is on every tracker (a second one stops at once).
+    with Deferred() as deferred:
+        code = _train_and_end(parts)
+    if deferred.received:
+        log.info("%s arrived while the run was ending; the ending was completed first", deferred.received)
+    return code
+
+
+def _train_and_end(parts) -> int:
     from .train import saved_step, train
 
     trackers = parts.trackers

@@ -1,0 +1,72 @@
+"""A run's ending under signals: a SIGTERM while the trackers finish waits until every tracker has the ending.
+
+The window is held open on purpose: the webhook tracker finishes before MLflow, and the test's endpoint
+answers the "stop" alert only after the test has sent its signal. So the signal lands, every time, after the
+stop record is in metrics.jsonl and before the MLflow run has its ending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from conftest import SIDE_BY_SIDE, records, sets
+
+
+class HeldStop:
+    """An endpoint that records alerts and holds its answer to the "stop" alert until released."""
+
+    def __init__(self) -> None:
+        self.stop_seen, self.release = threading.Event(), threading.Event()
+        held = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body.get("event") == "stop":
+                    held.stop_seen.set()
+                    held.release.wait(60)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_while_the_trackers_finish_waits_for_the_ending(mlflow_server, tmp_path):
+    hook = HeldStop()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tracked_train", "run", "--run-name", "ending",
+             *sets("training.max_steps=4", "training.eval_every=2", "tracking.trackers=[jsonl, webhook, mlflow]",
+                   f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=endings")],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_URL": hook.url})
+        assert hook.stop_seen.wait(300), "the run never sent its stop alert"
+        proc.send_signal(signal.SIGTERM)  # the stop record is written; MLflow has not had the ending yet
+        hook.release.set()
+        _, err = proc.communicate(timeout=300)
+    finally:
+        hook.close()
+    assert "SIGTERM: finishing the run's ending on every tracker first" in err
+    assert proc.returncode == 0, err[-3000:]  # the run completed; the signal only waited
+    run_dir = tmp_path / "runs" / "ending"
+    assert [r["reason"] for r in records(run_dir) if r.get("event") == "stop"] == ["completed"]
+    client = mlflow_server.client()
+    run = client.get_run(json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stop_reason"] == "completed"
+    assert run.outputs.model_outputs, "the Logged Model was not logged"
