@@ -201,6 +201,21 @@ def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how,
         assert series(b, key) == series(a, key), key  # bit for bit, and each step once
 
 
+def test_resuming_with_a_changed_shape_setting_is_refused_before_anything_is_said(tmp_path, capfd):
+    from tracked_train.errors import CheckpointError
+    from tracked_train.resume import resume
+
+    code, a = run(tmp_path, "shape", "training.max_steps=10")
+    assert code == 0
+    before = (a / "metrics.jsonl").read_bytes()
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=r"\(0.weight is \(8, 4\) in the checkpoint, \(16, 4\) in the model;"):
+        resume(str(a), ["task_args.hidden=16", "training.max_steps=20"], allow_config_change=True)
+    out, err = capfd.readouterr()
+    assert "resuming" not in out + err and "task_args" not in out + err  # no banner, no config table
+    assert (a / "metrics.jsonl").read_bytes() == before
+
+
 # --- task_args -----------------------------------------------------------------------------------------------
 
 def test_a_monitor_no_metric_answers_fails_at_the_first_evaluation(tmp_path):

@@ -95,6 +95,7 @@ def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) 
         saved = checkpoint.config_of(state, folder)
         cfg = config.build([("--set", overrides)], base=saved)
         changes = check_drift(saved, cfg, allow)
+        check_weights(cfg, state, folder)
         if origin["kind"] == "mlflow":
             cfg = cfg.replace(**{"tracking.mlflow_uri": origin["uri"]})  # where the run lives now
             if not fork and _finished_on_server(origin["run"], changes, which):
@@ -141,6 +142,8 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
             saved = checkpoint.config_of(state, checkpoints / which)
         cfg = config.build([("--set", overrides)], base=saved)
         changes = check_drift(saved, cfg, allow)
+        if state is not None:
+            check_weights(cfg, state, checkpoints / which)
         if _finished_locally(run_dir, changes, which):
             lock.release()
             return None
@@ -162,6 +165,37 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
     except BaseException:
         lock.release()
         raise
+
+
+def check_weights(cfg: config.Config, state: dict[str, Any], where: Path) -> None:
+    """The checkpoint's weights fit the model ``cfg`` describes: checked before anything is printed or made.
+
+    Names and shapes only, against the model built on the meta device (no memory, no init time); a task whose
+    model cannot be built there is built on the CPU.
+    """
+    import torch
+
+    from . import task as tasks
+    from .train import build_model
+
+    task = tasks.create(cfg)
+    task.load_state(state["task_state"])
+    try:
+        with torch.device("meta"):
+            model = task.build_model()
+    except Exception:  # noqa: BLE001 - a model that needs real tensors to build (or fails: said by build_model)
+        model = build_model(task)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    saved = state["model"]
+    problems = [f"missing {k}" for k in expected if k not in saved]
+    problems += [f"unexpected {k}" for k in saved if k not in expected]
+    problems += [f"{k} is {tuple(saved[k].shape)} in the checkpoint, {shape} in the model"
+                 for k, shape in expected.items() if k in saved and tuple(saved[k].shape) != shape]
+    if problems:
+        listed = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise CheckpointError(f"checkpoint {where}: its weights do not fit the model its config describes ({listed}); "
+                              "a setting that shapes the model changed since it was saved (start a new run for that), "
+                              "or it is damaged")
 
 
 def _logged_after(run_dir: Path, step: int) -> bool:
