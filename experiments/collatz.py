@@ -108,14 +108,14 @@ class CollatzTask(tracked_train.Task):
     def batch(self, position: int, size: int) -> dict[str, torch.Tensor]:
         return self._examples(numbers(self.cfg.training.seed, position, size, self.settings.n_bits))
 
-    def _losses(self, model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _losses(self, model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         logits, log_steps = model(b["x"])
         next_step = F.cross_entropy(logits.float().reshape(-1, 3), b["y"].reshape(-1))
         stopping = F.huber_loss(log_steps.float(), b["log_steps"], delta=self.settings.huber_delta)
-        return next_step, stopping, logits
+        return next_step, stopping, logits, log_steps
 
     def loss(self, model, batch) -> tracked_train.Loss:
-        next_step, stopping, _ = self._losses(model, batch)
+        next_step, stopping, _, _ = self._losses(model, batch)
         total = next_step + self.settings.stopping_weight * stopping
         return tracked_train.Loss(total, {"stopping_time": stopping, "next_step": next_step})
 
@@ -125,12 +125,11 @@ class CollatzTask(tracked_train.Task):
         n = len(self.valid["x"])
         for i in range(0, n, 512):
             b = {k: v[i:i + 512].to(device) for k, v in self.valid.items()}
-            next_step, stopping, logits = self._losses(model, b)
+            next_step, stopping, logits, log_steps = self._losses(model, b)
             k = len(b["x"])
             sums["next_step"] += next_step.item() * k
             sums["stopping_time"] += stopping.item() * k
             sums["correct"] += (logits.argmax(-1) == b["y"]).float().mean(1).sum().item()
-            _, log_steps = model(b["x"])
             sums["abs_err"] += (torch.expm1(log_steps.float()) - torch.expm1(b["log_steps"])).abs().sum().item()
         ns, st = sums["next_step"] / n, sums["stopping_time"] / n
         return {"loss": ns + self.settings.stopping_weight * st, "loss/next_step": ns, "loss/stopping_time": st,
