@@ -342,3 +342,79 @@ def test_a_task_whose_build_model_fails_exits_2_in_one_line_and_leaves_no_run_fo
     assert "build_model failed: RuntimeError: no such layer: 'attn2'" in errors[0]
     assert r.stderr.rstrip().splitlines()[-1] == errors[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- sweeps over a task, in this process ----------------------------------------------------------------------
+
+class FragileTask(TinyTask):
+    """Fails in setup (build_model) for hidden=3: a trial config no validation can know is bad."""
+
+    def build_model(self):
+        if self.settings.hidden == 3:
+            raise RuntimeError("hidden=3 is not buildable")
+        return super().build_model()
+
+
+def sweep_cli(tmp_path: Path, *extra: str, trials: int = 1):
+    from click.testing import CliRunner
+
+    from tracked_train.cli import main
+
+    (tmp_path / "space.yaml").write_text("task_args.hidden: {choice: [3, 8]}\n")
+    args = ["sweep", "--space", str(tmp_path / "space.yaml"), "--storage", f"sqlite:///{tmp_path / 'study.db'}",
+            "--study", "s", "--trials", str(trials), "--seed", "0", "--tracker", "jsonl",
+            "--output-dir", str(tmp_path / "runs"), "--set", f"task={HERE}:FragileTask"]
+    for s in [*BASE, *extra]:
+        args += ["--set", s]
+    return CliRunner().invoke(main, args)
+
+
+def test_a_trial_that_fails_in_setup_fails_alone_and_the_study_goes_on(tmp_path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    for hidden in (3, 8, 3, 8):  # the order the worker runs them in
+        study.enqueue_trial({"task_args.hidden": hidden})
+    r = sweep_cli(tmp_path, trials=2)
+    assert r.exit_code == 0, r.output
+    S = optuna.trial.TrialState
+    states = [(t.params["task_args.hidden"], t.state) for t in optuna.load_study(
+        study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials]
+    assert states == [(3, S.FAIL), (8, S.COMPLETE), (3, S.FAIL), (8, S.COMPLETE)]
+    failed = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials[0]
+    assert "hidden=3 is not buildable" in failed.user_attrs["stop_detail"]
+    assert "2 of 2 trials finished (2 complete, 0 pruned), 2 failed" in r.output
+
+
+def test_a_sweep_checks_what_every_trial_would_before_it_makes_anything(tmp_path):
+    # A base config every trial would fail on, an output folder that cannot be made: nothing is created.
+    (tmp_path / "a-file").write_text("")
+    for extra, sets, message in [
+        ((), ["task=lm", "data.source=text", "data.train_files=[nope.txt]"], "data file 'nope.txt' does not exist"),
+        (("--output-dir", str(tmp_path / "a-file" / "runs")), [], "is not a writable folder"),
+    ]:
+        from click.testing import CliRunner
+
+        from tracked_train.cli import main
+
+        (tmp_path / "space.yaml").write_text("training.warmup_steps: {int: [0, 2]}\n")
+        args = ["sweep", "--space", str(tmp_path / "space.yaml"), "--storage", f"sqlite:///{tmp_path / 'study.db'}",
+                "--study", "s", "--tracker", "jsonl", "--output-dir", str(tmp_path / "runs"), *extra,
+                *[a for s in [f"task={TINY}", *BASE, *sets] for a in ("--set", s)]]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "space.yaml"]
+
+    # Workers of one study must share the base config; trial folders of a lost study are not taken over.
+    assert sweep_cli(tmp_path, "task_args.b_weight=1.0").exit_code == 0
+    r = sweep_cli(tmp_path, "task_args.b_weight=2.0", trials=2)
+    assert r.exit_code == 2, r.output
+    assert ("started from another base config (task_args.b_weight=1.0 there, 2.0 here)" in r.output
+            and len(r.output.strip().splitlines()) == 1), r.output
+    assert sweep_cli(tmp_path, "task_args.b_weight=1.0", trials=2).exit_code == 0  # the same base: it goes on
+    (tmp_path / "study.db").unlink()
+    r = sweep_cli(tmp_path, "task_args.b_weight=1.0")
+    assert r.exit_code == 2 and "holds trial folders of an earlier study named 's' (s-t000, s-t001)" in r.output, \
+        r.output
+    assert not (tmp_path / "study.db").exists()

@@ -102,6 +102,7 @@ def sweep(o: Options) -> int:
 def check(o: Options) -> Plan:
     """Every input, checked before anything exists (bad input: UserError, exit 2)."""
     from .. import config
+    from ..data import check_files
     from ..names import MAX_LEN, problem
     from ..trackers import Trackers
     from . import space as space_mod
@@ -128,12 +129,74 @@ def check(o: Options) -> Plan:
     storage_url = o.storage or DEFAULT_STORAGE
     check_storage_url(storage_url)
     Trackers.from_specs(base.tracking.trackers)  # an unknown tracker name fails now
+    check_files(base.data)  # what every trial would find missing, found once before a study exists
+    _check_writable(Path(base.run.output_dir))
+    if _leftover_trials(Path(base.run.output_dir), name) and _is_new_sqlite(storage_url):
+        raise _leftover_error(Path(base.run.output_dir), name, storage_url)
     mlflow_uri = None
     if any(spec.partition("=")[0] == "mlflow" for spec in base.tracking.trackers):
         from ..mlflow.sweep import check as check_mlflow
 
         mlflow_uri = check_mlflow(base.tracking.mlflow_uri)
     return Plan(o, base, space, name, storage_url, mlflow_uri)
+
+
+def _check_writable(root: Path) -> None:
+    """The output folder, or the nearest folder that exists above it, must be writable (nothing is made here)."""
+    import os
+
+    here = root.resolve()
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir() or not os.access(here, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create trial folders in {root} ({here} is not a writable folder); "
+                        "choose a writable --output-dir")
+
+
+def _leftover_trials(root: Path, study: str) -> list[str]:
+    """Run folders named like this study's trials (``STUDY-tNNN``)."""
+    import re
+
+    pattern = re.compile(re.escape(study) + r"-t\d{3,}")
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and pattern.fullmatch(d.name)) if root.is_dir() else []
+
+
+def _is_new_sqlite(url: str) -> bool:
+    """A SQLite storage whose file does not exist yet holds no study (checked without creating the file)."""
+    prefix = "sqlite:///"
+    return url.startswith(prefix) and not Path(url[len(prefix):].partition("?")[0]).exists()
+
+
+def _leftover_error(root: Path, study: str, storage_url: str) -> UserError:
+    found = _leftover_trials(root, study)
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    return UserError(f"{root} holds trial folders of an earlier study named '{study}' ({shown}) that "
+                     f"{strip_userinfo(storage_url)} does not hold; move them away, or choose another --study "
+                     "or --output-dir")
+
+
+def base_config(plan: Plan) -> dict[str, Any]:
+    """What every worker of a study must agree on: the base config less the swept keys and per-machine settings."""
+    from ..redact import redact
+
+    swept = {p.key for p in plan.space.params}
+    per_machine = ("run.", "tracking.", "console.")  # folders, servers and output may differ between machines
+    flat = plan.base.flat()
+    return redact({k: v for k, v in flat.items() if k not in swept and not k.startswith(per_machine)})
+
+
+def _check_base(plan: Plan, recorded: str) -> None:
+    """Refuse a worker whose base config differs from the study's: its trials would be another experiment."""
+    import json
+
+    theirs, ours = json.loads(recorded), json.loads(json.dumps(base_config(plan), default=str))
+    diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if diff:
+        k = diff[0]
+        more = f" and {len(diff) - 1} more" if len(diff) > 1 else ""
+        raise UserError(f"study '{plan.study_name}' was started from another base config ({k}={theirs.get(k)!r} "
+                        f"there, {ours.get(k)!r} here{more}); give every worker the same --config and --set, "
+                        "or use a new --study")
 
 
 def _open(plan: Plan) -> Worker:
@@ -156,9 +219,14 @@ def _open(plan: Plan) -> Worker:
         raise UserError(f"cannot open study '{plan.study_name}' in {strip_userinfo(plan.storage_url)} "
                         f"({describe(e, 200)}); check --storage") from None
     space = json.dumps(plan.space.describe(), sort_keys=True)
+    base = json.dumps(base_config(plan), sort_keys=True, default=str)
     w = holder["w"] = Worker(plan, optuna, storage, study)
+    if created and _leftover_trials(Path(plan.base.run.output_dir), plan.study_name):
+        optuna.delete_study(study_name=plan.study_name, storage=storage)  # made a moment ago, still empty
+        raise _leftover_error(Path(plan.base.run.output_dir), plan.study_name, plan.storage_url)
     if created:
         study.set_user_attr(st.SPACE_ATTR, space)
+        study.set_user_attr(st.BASE_ATTR, base)
         if plan.mlflow_uri:
             try:
                 w.parent_id = _start_parent(w)
@@ -175,6 +243,13 @@ def _open(plan: Plan) -> Worker:
                         f"space ({recorded}); use the same space file or a new --study name")
     if recorded is None:  # a study made outside tracked-train: from now on it holds this space
         study.set_user_attr(st.SPACE_ATTR, space)
+    recorded_base = study.user_attrs.get(st.BASE_ATTR)
+    if recorded_base is None:  # a study from before workers compared base configs, or its creator is a moment behind
+        recorded_base = _wait_for_attr(study, st.BASE_ATTR, 2.0) if recorded is not None else None
+    if recorded_base is None:
+        study.set_user_attr(st.BASE_ATTR, base)
+    else:
+        _check_base(plan, recorded_base)
     c = st.counts(optuna, study)
     log.info("sweep %s: continuing the study (%d complete, %d pruned, %d failed, %d running)", plan.study_name,
              c.complete, c.pruned, c.failed, c.running)
@@ -369,6 +444,11 @@ def _run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
     with Heartbeat(w.storage, trial._trial_id, w.plan.o.heartbeat_s):
         try:
             code = runner.start(cfg, judge=judge, tags=tags)
+        except UserError as e:  # this trial's own config or setup: it fails, the study goes on
+            log.error("sweep %s: trial %d failed: %s", w.plan.study_name, trial.number, e)
+            _tell(w, trial, "fail", None, run_dir, str(e), StopReason.FAILED.value)
+            _report_progress(w, trial, "fail", judge)
+            return "fail"
         except BaseException as e:
             _tell(w, trial, "fail", None, run_dir, describe(e))
             if isinstance(e, KeyboardInterrupt):

@@ -30,6 +30,7 @@ PRUNERS = ("median", "hyperband", "none")
 _DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
 SPACE_ATTR = "tracked_train.space"  # the space the study was created with: a continued study must match
 PARENT_ATTR = "tracked_train.mlflow_parent_run_id"
+BASE_ATTR = "tracked_train.base_config"  # the base config every worker must share (less swept and per-machine keys)
 # A worker that dies is noticed after this many heartbeats without one.
 GRACE_HEARTBEATS = 3
 STORAGE_TRIES = 4
