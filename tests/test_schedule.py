@@ -26,6 +26,25 @@ def test_step_schedule_is_warmup_then_cosine_to_min_lr():
     assert schedule.lr_at(500, t) == pytest.approx(1e-4)  # past max_steps (a raised limit): stays at min_lr
 
 
+def test_without_an_absolute_min_lr_the_schedule_ends_at_a_fraction_of_each_lr():
+    from tracked_train import config
+    from tracked_train.errors import ConfigError
+
+    for lr in (3e-3, 3e-5):  # a sweep's two ends: both decay tenfold, neither is refused
+        t = TrainingConfig(lr=lr, warmup_steps=0, max_steps=100)
+        assert schedule.lr_at(100, t) == pytest.approx(lr * 0.1)
+        t = config.resolve(None, [f"training.lr={lr}", "training.min_lr_ratio=0.25"], environ={}).training
+        assert schedule.lr_at(t.max_steps, t) == pytest.approx(lr / 4)
+    t = config.resolve(None, ["training.lr=1e-3", "training.min_lr=2e-4"], environ={}).training
+    assert schedule.lr_at(100 + t.max_steps, t) == pytest.approx(2e-4)  # an absolute one still wins
+    with pytest.raises(ConfigError, match=r"training.min_lr=0.01 must not exceed training.lr=0.001; lower it, or "
+                                          r"clear it \(training.min_lr=\)"):
+        config.resolve(None, ["training.lr=1e-3", "training.min_lr=1e-2"], environ={})
+    # A run from before min_lr_ratio: its recorded absolute min_lr is kept.
+    old = config.resolve(None, ["training.lr=3e-3", "training.min_lr=0.0001"], environ={})
+    assert old.training.final_lr == 1e-4 and "min_lr_ratio" in old.to_dict()["training"]
+
+
 def test_wsd_is_constant_then_linear_over_the_last_fraction():
     t = TrainingConfig(lr=1e-3, min_lr=0.0, warmup_steps=0, max_steps=100, schedule="wsd", decay_frac=0.2)
     assert [schedule.lr_at(s, t) for s in (1, 50, 80)] == pytest.approx([1e-3] * 3)

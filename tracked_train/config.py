@@ -90,7 +90,10 @@ class TrainingConfig:
     max_steps: int = field(default=400, metadata=_range(1, 10**12))
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
     lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
-    min_lr: float = field(default=1e-4, metadata=_range(0.0, 10.0))
+    # Where the schedule ends: min_lr if given (absolute), else lr * min_lr_ratio (nanoGPT's and HF's
+    # cosine-with-min-lr convention), so a sweep over lr keeps the same shape of decay at every lr.
+    min_lr: float | None = field(default=None, metadata=_range(0.0, 10.0))
+    min_lr_ratio: float = field(default=0.1, metadata=_range(0.0, 1.0))
     warmup_steps: int = field(default=20, metadata=_range(0, 10**12))
     # After warmup: cosine to min_lr, or wsd (constant, then linear to min_lr over the last decay_frac
     # of the steps, or of the time budget). Either ends at max_steps, or where time_budget_s runs out.
@@ -108,6 +111,11 @@ class TrainingConfig:
     checkpoint_every: int = field(default=50, metadata=_range(1, 10**12))
     seed: int = field(default=1337, metadata=_range(0, 2**63 - 1))  # numpy and torch take 0 ... 2^63 - 1
     time_budget_s: float | None = field(default=None, metadata=_range(0.0, 1e9, lo_open=True))
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the schedule decays to: ``min_lr``, else ``lr * min_lr_ratio``."""
+        return self.min_lr if self.min_lr is not None else self.lr * self.min_lr_ratio
 
 
 @dataclass(frozen=True)
@@ -555,8 +563,9 @@ def validate(cfg: Config) -> None:
     kv = m.n_kv_heads or m.n_heads
     if m.n_heads % kv:
         raise ConfigError(f"model.n_heads={m.n_heads} must be divisible by model.n_kv_heads={kv}")
-    if t.min_lr > t.lr:
-        raise ConfigError(f"training.min_lr={t.min_lr:g} must not exceed training.lr={t.lr:g}")
+    if t.min_lr is not None and t.min_lr > t.lr:
+        raise ConfigError(f"training.min_lr={t.min_lr:g} must not exceed training.lr={t.lr:g}; lower it, or clear it "
+                          "(training.min_lr=) to end at lr * training.min_lr_ratio")
     if d.source == "text" and not d.train_files:
         raise ConfigError("data.source=text needs data.train_files; e.g. --set data.train_files=train.txt")
     if d.source == "hf" and not d.hf_name:

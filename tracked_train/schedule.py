@@ -49,13 +49,14 @@ def step_plan(t: TrainingConfig) -> Plan:
 
 def lr_at(step: int, t: TrainingConfig, plan: Plan | None = None) -> float:
     """Linear warmup over ``warmup_steps``, then cosine, or constant and a linear decay over the last
-    ``decay_frac`` of the run (``wsd``), down to ``min_lr`` when the plan's progress reaches 1."""
+    ``decay_frac`` of the run (``wsd``), down to
+    ``final_lr`` (min_lr, else lr * min_lr_ratio) when the plan's progress reaches 1."""
     if step <= t.warmup_steps:
         return t.lr * step / t.warmup_steps
     p = (plan or step_plan(t)).progress(step)
     if t.schedule == "wsd":
-        return t.lr if p <= 1.0 - t.decay_frac else t.min_lr + (t.lr - t.min_lr) * (1.0 - p) / t.decay_frac
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + math.cos(math.pi * p))
+        return t.lr if p <= 1.0 - t.decay_frac else t.final_lr + (t.lr - t.final_lr) * (1.0 - p) / t.decay_frac
+    return t.final_lr + 0.5 * (t.lr - t.final_lr) * (1.0 + math.cos(math.pi * p))
 
 
 def due(plan: Plan | None, step: int, elapsed_s: float, budget_s: float, evaluated: bool) -> bool:
