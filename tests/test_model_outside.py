@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -140,6 +141,15 @@ def test_mlflow_models_serve_answers(tracked, mlflow_server, tmp_path):
         print(f"mlflow models serve: first answer {time.monotonic() - t0:.1f} s after start")
         (text,) = answer["predictions"]
         assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+
+        # A bad parameter is the client's mistake: a 400 saying which, not a 500.
+        body["params"] = {"max_new_tokens": 4, "top_k": -1}
+        req = urllib.request.Request(req.full_url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=120)
+        assert refused.value.code == 400
+        error = json.loads(refused.value.read())
+        assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "top_k must be" in error["message"], error
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -186,6 +196,46 @@ def test_cli_generate_matches_the_api(tracked):
     r = cli("generate", str(run_dir), "--prompt", "Ada", "--max-new-tokens", "12", "--seed", "5", cwd=run_dir.parent)
     assert r.returncode == 0, r.stderr
     assert r.stdout.rstrip("\n") == tracked_train.generate(run_dir, "Ada", max_new_tokens=12, seed=5)
+
+
+# Each bad sampling argument once (named as the Python API names it), and the one-line refusal it gets.
+BAD_SAMPLING = [("temperature", float("nan")), ("temperature", float("inf")), ("temperature", -0.5),
+                ("top_k", -1), ("max_new_tokens", -1), ("seed", -1), ("seed", 2**63)]
+
+
+def test_bad_sampling_arguments_refused_in_one_line_everywhere(tracked, server_env):
+    """A NaN, infinite or negative temperature, a negative top-k or length, a seed outside 0..2**63-1: ValueError
+    from the Python API, INVALID_PARAMETER_VALUE (HTTP 400) from the MLflow model, one line and exit 2 from
+    `generate`; never a traceback from deep inside torch."""
+    import mlflow.pyfunc
+    from click.testing import CliRunner
+    from mlflow.exceptions import MlflowException
+
+    from tracked_train.cli import main
+    from tracked_train.inference import complete
+
+    run_dir, _, logged = tracked
+    model, tok = tracked_train.load(run_dir)
+    served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    for name, value in BAD_SAMPLING:
+        with pytest.raises(ValueError, match=f"^{name} must be .*, not {value!r}$"):
+            tracked_train.generate(run_dir, "Ada", **{name: value})
+        with pytest.raises(ValueError, match=f"^{name} must be"):
+            complete(model, tok, ["Ada"], **{name: value})
+        with pytest.raises(MlflowException, match=f"{name} must be") as refused:  # 2**63: MLflow's own check
+            served.predict(["Ada"], params={"max_new_tokens": 2, name: value})
+        assert refused.value.get_http_status_code() == 400, refused.value
+        option = "--" + name.replace("_", "-")
+        r = CliRunner().invoke(main, ["generate", str(run_dir), "--prompt", "Ada", option, str(value)])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {option} must be"), r.output
+
+    with pytest.raises(ValueError, match=r"list of strings"):
+        complete(model, tok, "Ada")  # a lone string, not sampled letter by letter
+    # The edges are accepted: nothing to add, and a temperature so small that float32 logits would overflow.
+    assert complete(model, tok, ["Ada"], max_new_tokens=0, seed=2**63 - 1) == ["Ada"]
+    greedy = complete(model, tok, ["Ada"], max_new_tokens=8, temperature=0)
+    assert complete(model, tok, ["Ada"], max_new_tokens=8, temperature=1e-300, top_k=None) == greedy
 
 
 def test_hf_and_safetensors_exports_and_refusals(tracked, tmp_path):

@@ -36,3 +36,13 @@ def test_run_help_names_the_trackers(tmp_path):
     assert r.returncode == 0, r.stderr
     names = "".join(r.stdout.split()).split("Available:")[1].split(".")[0]  # the help wraps lines
     assert names.split(",") == available() and "tensorboard" in names
+
+
+def test_print_config_masks_credentials_in_query_strings(tmp_path):
+    r = cli("run", "--print-config", "--set", "tracking.mlflow_uri=postgresql://mlflow.example/db?password=hunter4",
+            "--set", "tracking.webhook_url=https://hooks.example/hook?token=hunter5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    printed = yaml.safe_load(r.stdout)["tracking"]
+    assert printed["mlflow_uri"] == "postgresql://mlflow.example/db?password=***" and printed["webhook_url"] == "***"
+    assert "hunter" not in r.stdout + r.stderr
+    assert list(tmp_path.iterdir()) == []

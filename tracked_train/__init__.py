@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 from .task import Loss, Task  # the task contract; imports nothing heavy (torch only inside tasks)
+from .your_loop import Run  # your own loop, tracked (docs/your-loop.md); torch and trackers load on start
 
-__all__ = ["Loss", "Task", "load", "generate", "history", "__version__"]
+__all__ = ["Loss", "Run", "Task", "load", "generate", "history", "__version__"]
 
 
 def load(source: str | os.PathLike) -> tuple[Any, Any]:
@@ -47,12 +48,14 @@ def generate(source: str | os.PathLike, prompt: str, max_new_tokens: int = 200, 
     """``prompt`` followed by up to ``max_new_tokens`` tokens sampled from ``source``'s model.
 
     ``temperature`` 0 is greedy; ``top_k`` None or 0 samples from the whole vocabulary;
-    the same ``seed`` gives the same text.
+    the same ``seed`` gives the same text. A bad sampling argument (a NaN or negative
+    temperature, a negative ``top_k``, a seed outside 0..2**63-1) raises ValueError.
     """
     from .errors import UserError
-    from .inference import complete
+    from .inference import check_sampling, complete
     from .tokenizer import Tokenizer
 
+    check_sampling(max_new_tokens, temperature, top_k, seed)  # before loading: bad input costs nothing
     model, tok = load(source)
     if not isinstance(tok, Tokenizer):
         raise UserError(f"{source} is a model of task {tok.cfg.task}, not a language model: it generates no text; "

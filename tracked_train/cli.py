@@ -136,15 +136,23 @@ def resume(source: str, sets: tuple[str, ...], which: str, fork: bool, allow_con
 @main.command()
 @click.argument("source")
 @click.option("--prompt", required=True, help="Text to continue.")
-@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0.0, 10.0))
-@click.option("--top-k", default=50, show_default=True, type=click.IntRange(0, 1_000_000), help="0: no top-k.")
-@click.option("--seed", default=0, show_default=True, type=int)
+# Plain types: the ranges are checked by inference.check_sampling, the one check the Python API and the
+# served model share (click's FloatRange lets NaN through, and its errors are three lines).
+@click.option("--max-new-tokens", default=200, show_default=True, type=int, help="How many tokens to add (>= 0).")
+@click.option("--temperature", default=0.8, show_default=True, type=float,
+              help="Finite and >= 0; 0: always the likeliest token.")
+@click.option("--top-k", default=50, show_default=True, type=int, help="Sample among the k likeliest; 0: no top-k.")
+@click.option("--seed", default=0, show_default=True, type=int, help="0 to 2**63-1; the same seed, the same text.")
 @_user_errors
 def generate(source: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> int:
     """Sample text from SOURCE: a run folder (its best checkpoint), a checkpoint, mlflow:RUN_ID or runs:/RUN_ID."""
     from . import generate as sample
+    from .inference import check_sampling
 
+    try:  # before SOURCE is opened (or downloaded): bad input is refused at once
+        check_sampling(max_new_tokens, temperature, top_k, seed, option_names=True)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     click.echo(sample(source, prompt, max_new_tokens, temperature, top_k or None, seed))
     return 0
 

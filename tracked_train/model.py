@@ -178,7 +178,9 @@ class GPT(nn.Module):
             if temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
-                logits = logits / temperature
+                # Relative to the best logit and in float64: a tiny temperature (1e-40) then sends the other
+                # tokens to -inf, greedy in effect, where float32 would overflow to inf - inf = NaN.
+                logits = (logits.double() - logits.amax(-1, keepdim=True).double()) / temperature
                 if top_k:
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

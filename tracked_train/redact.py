@@ -1,4 +1,4 @@
-"""Keep secrets out of trackers: secret-looking config values and URI credentials."""
+"""Keep secrets out of trackers: secret-looking config values, URI credentials and secret query parameters."""
 
 from __future__ import annotations
 
@@ -11,23 +11,55 @@ _SECRET_KEY = re.compile(
     r"(?:^|[_-])(?:token|password|passwd|secret|api[_-]?key|credentials?|webhook[_-]?url)(?:$|[_-])", re.IGNORECASE)
 REDACTED = "***"
 
+# Query (and fragment) parameters that carry a credential: `db?password=` (libpq), `hook?token=`, `&sig=`
+# (Azure SAS), `X-Amz-Signature` (S3 presigned), `#access_token=` (OAuth), `;AccountKey=` (connection
+# strings). A name is secret when one of its words is one of these: whole words, so `keyword` or `passes`
+# are not, while `api_key`, `apiKey`, `X-Amz-Security-Token` and `client_secret` are.
+_SECRET_PARAM_WORDS = frozenset({
+    "password", "passwd", "pwd", "pass", "token", "secret", "key", "apikey", "sig", "signature", "auth", "sas",
+    "credential", "credentials", "jwt"})
+# `lead name=value`: the value runs to the next separator, or to whitespace or a quote when the URL sits in a
+# sentence or a repr. `;` separates in connection strings and some URL dialects (jdbc).
+_PARAM = re.compile(r"(?P<lead>[?&#;])(?P<name>[A-Za-z0-9_.\-]+)=(?P<value>[^&#;\s'\"<>]+)")
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")  # snake, kebab, dotted and camelCase words
+
 
 def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))
 
 
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter named ``name`` carries a credential (``token``, ``X-Amz-Signature``...)."""
+    words = {w.lower() for w in _WORD.findall(name)}
+    return bool(words & _SECRET_PARAM_WORDS) or name.lower() in _SECRET_PARAM_WORDS
+
+
+def mask_params(text: str) -> str:
+    """``https://h/x?token=abc&n=1`` -> ``https://h/x?token=***&n=1``: the values of secret parameters masked.
+
+    The name stays, so the reader still sees that a token was given (and where to put it back).
+    """
+    if "=" not in text:
+        return text
+    return _PARAM.sub(lambda m: f"{m['lead']}{m['name']}={REDACTED}" if is_secret_param(m["name"]) else m[0],
+                      text)
+
+
 def strip_userinfo(uri: str) -> str:
-    """``https://user:pw@host/x`` -> ``https://host/x``; other strings unchanged."""
+    """The URI as it may be shown or stored: ``https://user:pw@host/x?token=t`` -> ``https://host/x?token=***``.
+
+    Other strings are unchanged, except for a ``?secret=value`` inside them.
+    """
     try:
         parts = urlsplit(uri)
+        if parts.username is None and parts.password is None:
+            return mask_params(uri)
+        host = parts.hostname or ""
+        if parts.port:  # raises ValueError for a port that is not a number
+            host = f"{host}:{parts.port}"
     except ValueError:
-        return uri
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+        return redact_text(uri)  # not a URI urllib understands: remove what looks like credentials anyway
+    return mask_params(urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)))
 
 
 # ``scheme://user:password@`` anywhere in a text (an exception message, a log line, a traceback).
@@ -35,13 +67,13 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
 def redact_text(text: str) -> str:
-    """Remove the credentials of every URI inside ``text``: ``http://u:pw@host`` -> ``http://***@host``."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    """Remove the credentials of every URI inside ``text``: ``http://u:pw@host/?token=t`` -> ``http://***@host/?token=***``."""
+    return mask_params(_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text))
 
 
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
-        return strip_userinfo(value) if "@" in value and "://" in value else value
+        return strip_userinfo(value) if "://" in value else value
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value

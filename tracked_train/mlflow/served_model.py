@@ -10,7 +10,9 @@ not installed.
 
 Input: a DataFrame with a ``prompt`` column (or a list of strings). Output:
 one text per prompt, the prompt included. Params: ``max_new_tokens``,
-``temperature``, ``top_k`` (0: none) and ``seed``.
+``temperature``, ``top_k`` (0: none) and ``seed``; a bad one is refused as
+INVALID_PARAMETER_VALUE (HTTP 400 when served), with the message of
+:func:`tracked_train.inference.check_sampling`.
 """
 
 from typing import Any
@@ -29,11 +31,19 @@ class TextGenerator(PythonModel):
     # MLflow turns a list of prompts into a DataFrame by the signature first; a DataFrame hint keeps the
     # logged signature authoritative (a list hint would make MLflow infer its own).
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        from tracked_train.inference import DEFAULTS, complete
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from tracked_train.inference import DEFAULTS, check_sampling, complete
 
         p = {**DEFAULTS, **(params or {})}
-        return complete(self.model, self.tok, prompts_of(model_input), int(p["max_new_tokens"]),
-                        float(p["temperature"]), int(p["top_k"]), int(p["seed"]))
+        try:
+            args = check_sampling(p["max_new_tokens"], p["temperature"], p["top_k"], p["seed"])
+        except ValueError as e:
+            # The client's mistake: MLflow's scoring server answers an MlflowException with its error code's
+            # status (400 here) and this message, where any other exception is an opaque "unexpected error".
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        return complete(self.model, self.tok, prompts_of(model_input), *args)
 
 
 def prompts_of(model_input: Any) -> list[str]:
