@@ -70,7 +70,11 @@ class Deferred:
 
 
 class Interrupts:
-    def __init__(self) -> None:
+    # What a stop request is answered with: the built-in loop saves `last` itself; a loop of your own decides.
+    ACK = "stopping after this step, then saving checkpoints/last"
+
+    def __init__(self, ack: str = ACK) -> None:
+        self.ack = ack
         self.requested: str | None = None  # name of the signal that asked us to stop
         self.status_requested = False
         self._previous: dict[int, object] = {}
@@ -84,8 +88,7 @@ class Interrupts:
         self.requested = self.requested or by
         if _main_rank():
             # os.write, not logging: a handler that takes the logging lock can deadlock the thread it interrupted.
-            os.write(2, f"\n{by}: stopping after this step, then saving checkpoints/last "
-                        "(Ctrl-C again to stop at once)\n".encode())
+            os.write(2, f"\n{by}: {self.ack} (Ctrl-C again to stop at once)\n".encode())
 
     def _on_status(self, signum: int, frame: FrameType | None) -> None:
         self.status_requested = True

@@ -169,7 +169,7 @@ def _open(a: Attempt):
         trackers.start(RunInfo(a.cfg.run.name or a.run_dir.name, a.run_dir, a.cfg, a.start_step,
                                a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
         started = True
-        _write_tracker_state(a.run_dir, trackers)
+        write_tracker_state(a.run_dir, trackers)
         check_files(a.cfg.data)  # again: a resume's data may be gone (a bad-input abort repairs a kill -9's RUNNING)
         if a.install_last is not None:
             from .checkpoint import save_copy
@@ -208,7 +208,7 @@ def _open(a: Attempt):
         raise
 
 
-def _write_tracker_state(run_dir: Path, trackers: Trackers) -> None:
+def write_tracker_state(run_dir: Path, trackers: Trackers) -> None:
     tmp = run_dir / f"{TRACKERS_FILE}.tmp"
     tmp.write_text(json.dumps(trackers.state()))
     os.replace(tmp, run_dir / TRACKERS_FILE)

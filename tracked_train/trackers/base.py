@@ -22,7 +22,7 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -56,6 +56,12 @@ class RunInfo:
     resume_state: dict | None = None  # this tracker's state() from the checkpoint
     continuing: bool = False
     rewind: bool = False
+    # The run's params as trackers show them (W&B's config, TensorBoard's hparams); None: ``config.flat()``.
+    # A run of your own loop (tracked_train.Run) has your config here, not tracked-train's.
+    params: dict[str, Any] | None = None
+
+    def shown_params(self) -> dict[str, Any]:
+        return self.config.flat() if self.params is None else self.params
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Outcome:
     monitor: str = "val/loss"  # the metric the best checkpoint and early stopping follow
     mode: str = "min"
     best_value: float | None = None  # the monitor's best value (at best_step)
+    ended_at: float | None = None  # epoch seconds: set when an ending is replayed from its stop record (else: now)
 
     def best_metrics(self) -> dict[str, float]:
         """The best checkpoint's values, as metrics a tracker can filter and sort runs by."""
@@ -125,6 +132,13 @@ class Tracker(ABC):
 
     def abort(self) -> None:
         """End a started run that never trained (another tracker failed to start)."""
+
+    def repair_ending(self, run: RunInfo, outcome: Outcome) -> str | None:
+        """Give this backend's run the ending ``metrics.jsonl`` records, where the process died before
+        ``finish`` reached it (kill -9 while the trackers finished): called by ``resume`` and ``sync`` with the
+        run folder locked, on a tracker that was never started. Returns one line saying what was repaired, or
+        None when nothing was. Backends with no run status of their own have nothing to repair."""
+        return None
 
 
 # name -> "module:Class", imported only when a run asks for it (keeps --help instant).
@@ -208,7 +222,7 @@ class Trackers:
         for t in self.trackers:
             state = (run.resume_state or {}).get(t.name)
             try:
-                t.start(RunInfo(run.name, run.run_dir, run.config, run.start_step, state, run.continuing, run.rewind))
+                t.start(replace(run, resume_state=state))
             except BaseException:
                 for s in started:  # leave no run half-open on a server
                     s.abort()

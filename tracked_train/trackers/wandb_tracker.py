@@ -97,7 +97,8 @@ class WandbTracker(Tracker):
                 project=prev.get("project") or tc.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
                 entity=prev.get("entity") or tc.wandb_entity or None,  # None: wandb reads WANDB_ENTITY
                 group=tc.wandb_group, tags=list(tc.wandb_tags) or None, job_type="train",
-                name=run.name, config=run.config.to_dict(), dir=str(self._folder), settings=settings,
+                name=run.name, dir=str(self._folder), settings=settings,
+                config=run.config.to_dict() if run.params is None else _nested(run.params),
                 **self._continuation(run, prev.get("run_id")),
             )
         except Exception as e:  # noqa: BLE001 - network, server or auth trouble: bad input, exit 2

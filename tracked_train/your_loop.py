@@ -1,0 +1,387 @@
+"""Your own training loop, tracked: tracked-train's run folder, trackers, checkpoints and resume as a library.
+
+::
+
+    with tracked_train.Run("runs/exp1", config={"lr": 3e-4}, trackers=["mlflow"]) as run:
+        saved = run.resume_state()                  # None for a new run, else what you last saved
+        if saved: model.load_state_dict(saved["model"]); ...
+        for step in range(run.start_step + 1, 1001):
+            ...
+            run.log({"train/loss": loss.item()}, step=step)
+            if step % 100 == 0:
+                run.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict()}, step=step)
+            if run.should_stop:                     # SIGINT / SIGTERM: save and leave the loop
+                break
+        # leaving the block ends the run: completed, interrupted, or failed with the exception's text
+
+Everything `tracked-train run` guarantees holds: the same run folder
+(``metrics.jsonl``, ``trackers.json``, ``train.log``, ``checkpoints/``), events
+spooled to disk and delivered through server outages (``tracked-train sync``
+afterwards), secrets redacted, one process per folder, atomic checkpoints with
+a manifest, loaded weights-only. A folder opened again (after a crash, a kill
+-9, a finished run) continues the same tracked runs from its last checkpoint;
+the steps logged after that checkpoint are logged again by the resumed loop and
+every tracker keeps each step once. Under torchrun only rank 0 tracks; the
+other ranks get the same object, whose tracking calls do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .early_stopping import Stop, StopReason
+from .errors import UserError, describe
+
+log = logging.getLogger("tracked_train")
+
+MARK = "own_loop"  # in every checkpoint this module writes: a `tracked-train run` checkpoint is another format
+
+
+class Run:
+    """One tracked run of your own loop (see the module's docstring and docs/your-loop.md).
+
+    ``config``: your hyperparameters, a mapping (nested mappings become dotted names); logged as params.
+    ``trackers``: names as for ``tracking.trackers`` (``jsonl`` is always on). ``tracking``: other
+    ``tracking.*`` settings without the prefix (``{"wandb_project": "x"}``); the ``TRACKED_TRAIN_TRACKING_*``
+    variables and ``MLFLOW_TRACKING_URI`` apply as for the CLI.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
+                 trackers: Sequence[str] = ("jsonl",), experiment: str | None = None,
+                 mlflow_uri: str | None = None, tracking: Mapping[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self._user_config = dict(config or {})
+        self._trackers_given, self._experiment, self._mlflow_uri = list(trackers), experiment, mlflow_uri
+        self._tracking = dict(tracking or {})
+        self.start_step = 0  # the step of the checkpoint this run resumed from (0: a new run)
+        self._state: dict[str, Any] | None = None
+        self._trackers: Any = None
+        self._lock: Any = None
+        self._interrupts: Any = None
+        self._tracking_here = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 tracks for the run
+        self._last_step = 0
+        self._best_step: int | None = None
+        self._best_val_loss: float | None = None
+        self._first_losses: list[float] = []  # train/loss's first and latest values: the run's verdict
+        self._recent_losses: list[float] = []
+        self._step_values: dict[str, float] = {}  # what was logged at the latest step
+        self._stop: Stop | None = None
+        self._open = False
+
+    # -- the run's life ----------------------------------------------------------------------------------
+    def __enter__(self) -> Run:
+        return self.start()
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        self.end(exc)
+
+    def start(self) -> Run:
+        """Open the folder (a new run, or the same run continued) and start every tracker. Bad input: UserError."""
+        if self._open:
+            raise RuntimeError("this Run is already started")
+        from .interrupts import Interrupts
+
+        cfg, params = self._settings()
+        if not self._tracking_here:
+            self._state = _read_last(self.run_dir) if self.run_dir.is_dir() else None
+            self.start_step = self._state["step"] if self._state else 0
+        else:
+            self._open_folder(cfg, params)
+        self._last_step = self.start_step
+        summary = (self._state or {}).get("summary") or {}
+        self._first_losses = list(summary.get("first_losses") or [])
+        self._best_step, self._best_val_loss = summary.get("best_step"), summary.get("best_val_loss")
+        self._interrupts = Interrupts("run.should_stop is now True: your loop decides when to stop").__enter__()
+        self._open = True
+        return self
+
+    def _settings(self) -> tuple[Any, dict[str, Any]]:
+        from . import config as config_mod
+        from .redact import redact
+
+        params = redact(flatten(self._user_config))
+        given = {"tracking.trackers": self._trackers_given or None, "tracking.experiment": self._experiment,
+                 "tracking.mlflow_uri": self._mlflow_uri,
+                 **{f"tracking.{k}": v for k, v in self._tracking.items()},
+                 "run.name": self.run_dir.name or None, "run.output_dir": str(self.run_dir.parent)}
+        config_mod.check_env(os.environ)
+        cfg = config_mod.resolve(None, [], given)
+        # The Logged Model is made from a `tracked-train run` checkpoint; yours is your own dict: it stays files.
+        return cfg.replace(**{"tracking.log_model": False}), params
+
+    def _open_folder(self, cfg: Any, params: dict[str, Any]) -> None:
+        import yaml
+
+        from .checkpoint import clean
+        from .console import setup_logging
+        from .lock import RunLock
+        from .runner import read_tracker_state, write_tracker_state
+        from .trackers import RunInfo, Trackers
+
+        Trackers.from_specs(cfg.tracking.trackers)  # an unknown tracker name fails before any folder
+        new = _check_folder(self.run_dir)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run folder {self.run_dir} ({e.strerror or describe(e)}); "
+                            "give a writable path") from None
+        self._lock = RunLock(self.run_dir).acquire()
+        trackers, started = Trackers.from_specs(cfg.tracking.trackers), False
+        try:
+            clean(self.run_dir / "checkpoints")  # what a save cut by a kill left behind
+            self._state = _read_last(self.run_dir)
+            self.start_step = self._state["step"] if self._state else 0
+            tracker_state = read_tracker_state(self.run_dir)
+            if self._state and self._state.get("trackers"):
+                tracker_state = {**(tracker_state or {}), **self._state["trackers"]}
+            setup_logging(self.run_dir / "train.log")
+            if new:
+                (self.run_dir / "config.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            continuing = tracker_state is not None
+            trackers.start(RunInfo(self.run_dir.name, self.run_dir, cfg, self.start_step, tracker_state,
+                                   continuing=continuing, params=params))
+            started = True
+            write_tracker_state(self.run_dir, trackers)
+            if not continuing:
+                trackers.log_params(params)
+                trackers.log_artifact(self.run_dir / "config.yaml", "config.yaml")
+        except BaseException:
+            if started:
+                trackers.abort()
+            self._lock.release()
+            setup_logging(None)
+            if new:
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing half-made stays
+            raise
+        self._trackers = trackers
+        if self._state:
+            log.info("run %s: continuing from the checkpoint of step %d", self.run_dir, self.start_step)
+        else:
+            log.info("run %s: %s", self.run_dir, "started" if new else "started again (no checkpoint yet)")
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """End the run on every tracker: ``stop()``'s reason, else interrupted (a signal), failed (``exc``) or
+        completed. Called by the ``with`` block; call it yourself without one."""
+        if not self._open:
+            return
+        self._open = False
+        from .early_stopping import verdict
+        from .interrupts import Deferred
+
+        self._interrupts.__exit__(None, None, None)
+        if not self._tracking_here:
+            return
+        stop = self._decide(exc)
+        try:
+            from .trackers import Outcome
+
+            first, recent = self._first_losses, self._recent_losses
+            initial, final = (sum(first) / len(first) if first else None), (sum(recent) / len(recent) if recent
+                                                                            else None)
+            drop, word = verdict(initial, final) if initial is not None and final is not None else (0.0, "not learning")
+            outcome = Outcome(stop, self._best_step, self._best_val_loss, initial, final, drop, word)
+            with Deferred():  # a signal now waits until every tracker holds the ending
+                self._trackers.finish(outcome)
+            log.info("stopped: %s [stop_reason=%s]", stop.detail, stop.reason)
+        finally:
+            self._lock.release()
+            from .console import setup_logging
+
+            setup_logging(None)
+
+    def _decide(self, exc: BaseException | None) -> Stop:
+        from .redact import redact_text
+
+        step = self._last_step
+        if isinstance(exc, KeyboardInterrupt):
+            return Stop(StopReason.INTERRUPTED, f"Interrupted at step {step} (KeyboardInterrupt); "
+                        f"open the folder again to continue from its last checkpoint.", step)
+        if exc is not None:
+            return Stop(StopReason.FAILED, redact_text(f"Failed at step {step}: {type(exc).__name__}: "
+                                                       f"{describe(exc)}"), step)
+        if self._stop is not None:
+            return self._stop
+        if self._interrupts.requested:
+            return Stop(StopReason.INTERRUPTED, f"Interrupted by {self._interrupts.requested} at step {step}; "
+                        f"open the folder again to continue from its last checkpoint.", step)
+        return Stop(StopReason.COMPLETED, f"Finished at step {step}.", step)
+
+    # -- during the run -------------------------------------------------------------------------------------
+    @property
+    def should_stop(self) -> bool:
+        """True once SIGINT or SIGTERM (or ``stop`` typed at the terminal) asked the run to stop: save and leave
+        the loop. A second Ctrl-C raises KeyboardInterrupt at once."""
+        return bool(self._interrupts and self._interrupts.requested)
+
+    def resume_state(self) -> Any:
+        """What the last :meth:`save_checkpoint` saved (tensors on the CPU), or None for a new run."""
+        return self._state["state"] if self._state else None
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Log ``metrics`` (numbers, or one-element tensors) at ``step``; steps never go back."""
+        self._check_open()
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step {step!r} is not a step: give a whole number, 0 or more")
+        if step < self._last_step:
+            raise ValueError(f"step {step} comes after step {self._last_step}: steps only go forward "
+                             "(several calls may share one)")
+        if self._state and step <= self.start_step:
+            raise ValueError(f"step {step} is in the checkpoint this run continued from (step {self.start_step}); "
+                             f"continue at run.start_step + 1 = {self.start_step + 1}")
+        values = {}
+        for k, v in metrics.items():
+            if not isinstance(k, str) or not k:
+                raise ValueError(f"metric name {k!r} is not a name: use a non-empty string such as 'train/loss'")
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"metric {k!r} is a {type(v).__name__}, not a number") from None
+        if step != self._last_step:
+            self._step_values = {}
+        self._last_step = step
+        self._step_values.update(values)
+        if "train/loss" in values:
+            if len(self._first_losses) < 10:
+                self._first_losses.append(values["train/loss"])
+            self._recent_losses = [*self._recent_losses[-9:], values["train/loss"]]
+        if self._tracking_here and values:
+            self._trackers.log_metrics(values, step)
+
+    def save_checkpoint(self, state: Mapping[str, Any], step: int | None = None, best: bool = False,
+                        metrics: Mapping[str, float] | None = None) -> None:
+        """Save ``state`` atomically as ``checkpoints/last`` (and ``checkpoints/best`` when ``best``), upload it.
+
+        ``state`` holds tensors, numbers, strings, and dicts / lists / tuples of them (a ``state_dict()`` is
+        one): checkpoints load weights-only, so no pickled object can run code when a run is continued.
+        """
+        from . import checkpoint
+
+        self._check_open()
+        step = self._last_step if step is None else step
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step {step!r} is not a step: give a whole number, 0 or more")
+        check_loadable(state)
+        if not self._tracking_here:
+            return
+        self._last_step = max(self._last_step, step)
+        if best:
+            self._best_step = step
+            given = {**self._step_values, **(metrics or {})}
+            self._best_val_loss = float(given["val/loss"]) if "val/loss" in given else None
+        summary = {"first_losses": self._first_losses, "best_step": self._best_step,
+                   "best_val_loss": self._best_val_loss}
+        full = {"format_version": checkpoint.FORMAT_VERSION, MARK: True, "step": step, "state": dict(state),
+                "trackers": self._trackers.state(), "summary": summary}
+        meta = {"step": step, **{k.replace("/", "_"): float(v) for k, v in (metrics or {}).items()}}
+        folder = self.run_dir / "checkpoints" / "last"
+        checkpoint.save(folder, full, {})
+        self._trackers.log_artifact(folder, "checkpoints/last", meta)
+        if best:
+            checkpoint.save_copy(folder, self.run_dir / "checkpoints" / "best")
+            self._trackers.log_artifact(self.run_dir / "checkpoints" / "best", "checkpoints/best", meta)
+
+    def stop(self, reason: str | StopReason, detail: str = "") -> None:
+        """Say why the run ends (a :class:`~tracked_train.early_stopping.StopReason` or its value, e.g.
+        ``"target_reached"``); recorded on every tracker when the run ends."""
+        self._check_open()
+        try:
+            reason = StopReason(reason)
+        except ValueError:
+            raise ValueError(f"unknown stop reason {reason!r}; use one of "
+                             f"{', '.join(r.value for r in StopReason)}") from None
+        self._stop = Stop(reason, detail or f"Stopped ({reason}) at step {self._last_step}.", self._last_step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._check_open()
+        if self._tracking_here:
+            self._trackers.set_tags({str(k): str(v) for k, v in tags.items()})
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("this Run is not started: use `with tracked_train.Run(...) as run:` or run.start()")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"opt": {"lr": 1e-3}}`` -> ``{"opt.lr": 1e-3}``; values must be what every tracker can record."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if not isinstance(k, str):
+            raise UserError(f"config key {prefix}{k!r} is not a string; name every setting with a string")
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{name}."))
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+            out[name] = list(v)
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[name] = v
+        else:
+            raise UserError(f"config value {name} is a {type(v).__name__}; give numbers, strings, booleans, "
+                            "None, or lists or mappings of them (a tracker records nothing else)")
+    return out
+
+
+def check_loadable(state: Any, path: str = "state") -> None:
+    """Refuse what a weights-only load cannot read back, naming where it is (before anything is written)."""
+    import torch
+
+    if isinstance(state, Mapping):
+        for k, v in state.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{path} has a key of type {type(k).__name__}; use strings or integers")
+            check_loadable(v, f"{path}[{k!r}]")
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            check_loadable(v, f"{path}[{i}]")
+    elif not (state is None or isinstance(state, (bool, int, float, str, bytes, torch.Tensor, torch.dtype,
+                                                    torch.Size, torch.device))):
+        raise TypeError(f"{path} is a {type(state).__name__}: a checkpoint holds tensors, numbers, strings and "
+                        "dicts / lists of them (they load weights-only); convert it, e.g. torch.as_tensor(...)")
+
+
+def _check_folder(run_dir: Path) -> bool:
+    """True for a new folder; a folder of this API's runs continues; anything else is refused in one line."""
+    from .sources import is_run_folder
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run folder; give the path of a folder (new or a run's)")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return True
+    if not is_run_folder(run_dir) and not (run_dir / "trackers.json").exists():
+        raise UserError(f"{run_dir} holds other files and is not a run folder; give a new or empty folder, "
+                        "or one a Run made")
+    last = _read_last(run_dir, check_only=True)
+    if last is False:
+        raise UserError(f"{run_dir} is a run of `tracked-train run`; continue it with `tracked-train resume "
+                        f"{run_dir}`, or give another folder")
+    return False
+
+
+def _read_last(run_dir: Path, check_only: bool = False) -> Any:
+    """The last checkpoint's state (None when there is none yet; with ``check_only``, False for a checkpoint of
+    another format)."""
+    import pickle
+
+    import torch
+
+    from . import checkpoint
+
+    folder = run_dir / "checkpoints" / "last"
+    try:
+        folder = checkpoint.locate(folder)
+    except checkpoint.CheckpointError:
+        return None
+    checkpoint.verify(folder)
+    try:
+        state = torch.load(folder / checkpoint.STATE_FILE, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"checkpoint {folder} refused: {describe(e)}") from None
+    if not isinstance(state, dict) or not state.get(MARK) or not isinstance(state.get("step"), int):
+        if check_only:
+            return False
+        raise checkpoint.CheckpointError(f"checkpoint {folder} is not one a Run saved")
+    return True if check_only else state
