@@ -14,7 +14,7 @@ import os
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import UserError
 from ..redact import strip_userinfo
@@ -47,11 +47,20 @@ def setup(uri: str) -> str:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     parts = urlsplit(uri) if "://" in uri else None
-    if parts is not None and (parts.username or parts.password):
+    # HTTP credentials move to MLflow's own variables; a database URI keeps its own (the driver needs them).
+    if parts is not None and parts.scheme in ("http", "https") and (parts.username or parts.password):
         os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
-        return strip_userinfo(uri)
+        return _without_userinfo(uri)
     return uri
+
+
+def _without_userinfo(uri: str) -> str:
+    """The URI to connect to without ``user:pw@`` (unlike ``strip_userinfo``, query values are kept: they are
+    the connection's own, e.g. a database's ``sslmode``, and this URI is handed to MLflow, never shown)."""
+    parts = urlsplit(uri)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def connect(uri: str) -> Any:
@@ -66,7 +75,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        urllib.request.urlopen(strip_userinfo(uri).rstrip("/") + "/health", timeout=timeout_s).read()
+        urllib.request.urlopen(_without_userinfo(uri).rstrip("/") + "/health", timeout=timeout_s).read()
     except urllib.error.HTTPError:
         return  # it answered (a proxy asking for credentials, say): MLflow's own calls tell the rest
     except (urllib.error.URLError, OSError) as e:
