@@ -137,14 +137,16 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
         checkpoint.clean(checkpoints)  # what a save cut by a kill or a full disk left behind
         state = _load_or_none(checkpoints / which, which)
         if state is None:
-            saved = _folder_config(run_dir)
+            saved = folder_config(run_dir)
         else:
             saved = checkpoint.config_of(state, checkpoints / which)
         cfg = config.build([("--set", overrides)], base=saved)
         changes = check_drift(saved, cfg, allow)
         if state is not None:
             check_weights(cfg, state, checkpoints / which)
-        if _finished_locally(run_dir, changes, which):
+        stop = _finished_locally(run_dir, changes, which)
+        if stop is not None:
+            repair_endings(run_dir, cfg, stop)
             lock.release()
             return None
         tracker_state = read_tracker_state(run_dir)
@@ -216,7 +218,7 @@ def _load_or_none(folder: Path, which: str) -> dict[str, Any] | None:
         raise
 
 
-def _folder_config(run_dir: Path) -> config.Config:
+def folder_config(run_dir: Path) -> config.Config:
     import yaml
 
     try:
@@ -235,15 +237,39 @@ def _tag_changes(tags: dict[str, str], changes: dict[str, tuple[Any, Any]]) -> N
         log.warning("config changed on resume: %s", tags["config_changes"])
 
 
-def _finished_locally(run_dir: Path, changes: dict, which: str) -> bool:
+def _finished_locally(run_dir: Path, changes: dict, which: str) -> dict | None:
+    """The stop record of a run that finished and has nothing to resume (said on the console); else None."""
     from .trackers import jsonl
 
     path = run_dir / jsonl.FILENAME
     stop = jsonl.last_stop(jsonl.read(path)) if path.exists() else None
     if stop is None or stop.get("reason") not in FINISHED_REASONS or changes or which != "last":
-        return False
+        return None
     _say_finished(str(run_dir), stop.get("reason"), stop.get("step"))
-    return True
+    return stop
+
+
+def repair_endings(run_dir: Path, cfg: config.Config, stop: dict) -> None:
+    """Give each tracked run of the folder's last attempt the ending ``stop`` records, where its process died
+    before the trackers had it (kill -9 while they finished): an MLflow run would stay RUNNING for good."""
+    from .trackers import jsonl
+    from .trackers.base import RunInfo, create
+
+    outcome = jsonl.outcome_of(stop)
+    if outcome is None:
+        return
+    started = read_tracker_state(run_dir)  # the trackers of the last attempt, the one that wrote this stop
+    names = list(started) if started is not None else [s.partition("=")[0] for s in cfg.tracking.trackers]
+    run = RunInfo(run_dir.name, run_dir, cfg)
+    for name in names:
+        try:
+            tracker = create(name)
+        except Exception as e:  # noqa: BLE001 - a tracker no longer installed: nothing it could repair now
+            log.debug("cannot check the ending of tracker %s (%s)", name, e)
+            continue
+        line = tracker.repair_ending(run, outcome)
+        if line:
+            log.info("%s", line)
 
 
 def _finished_on_server(run: Any, changes: dict, which: str) -> bool:
@@ -261,3 +287,10 @@ def _say_finished(what: str, reason: str | None, step: Any) -> None:
     log.info("%s already finished (%s at step %s); nothing to resume. To train on, raise the limit that "
              "stopped it (e.g. --set training.max_steps=N --allow-config-change) or resume with --fork.",
              what, reason, step)
+
+
+def continue_in_place(run_dir: Path) -> Attempt | None:
+    """A run folder continued from its ``last`` checkpoint into its own tracked runs, as ``resume RUN_DIR`` does
+    (the folder locked; None when the run had finished). For callers that add a judge or tags, e.g. a sweep
+    continuing a killed trial."""
+    return _in_place(Path(run_dir), {}, "last", False)

@@ -37,6 +37,7 @@ from ..trackers.spool import QUARANTINE, REJECTED, SPOOL, STATE, Blocked, Sender
 from . import system_metrics
 from .client import DEFAULT_URI, tracking_uri
 from .sink import MlflowSink
+from .store import local_store_path
 
 if TYPE_CHECKING:
     from ..data import DatasetInfo
@@ -275,32 +276,48 @@ class MlflowTracker(Tracker):
             return
         system_metrics.stop(self._monitor)
         self._monitor = None
-        stop = outcome.stop
         try:
-            self._final_artifacts(outcome)
-            self.set_tags({**outcome.tags(), "mlflow.note.content": stop.detail})
-            self.spool.append({"k": "end", "status": stop.reason.status, "t": _now_ms()})
+            self._append_ending(outcome)
         except OSError as e:  # a full disk: the spool cannot take the ending, so say it to the server now
             log.error("mlflow: cannot write the spool (%s); ending run %s directly", describe(e), self.run_id)
-            self._close(end_directly=(stop.reason.status, {**outcome.tags(), "mlflow.note.content": stop.detail}))
+            self._close(end_directly=(outcome.stop.reason.status, _ending_tags(outcome)))
             return
         self._close()
 
-    def _final_artifacts(self, outcome: Outcome) -> None:
-        """The loss figure, the best model (with the best values as metrics, searchable) and train.log."""
-        best = self.run_dir / "checkpoints" / "best"
+    def _append_ending(self, outcome: Outcome, model: bool = True) -> None:
+        """The ending's events, in order: the final artifacts, the stop tags, the status the stop reason maps to."""
+        self._final_artifacts(outcome, model)
+        self.set_tags(_ending_tags(outcome))
+        end = _now_ms() if outcome.ended_at is None else int(outcome.ended_at * 1000)
+        self.spool.append({"k": "end", "status": outcome.stop.reason.status, "t": end})
+
+    def _final_artifacts(self, outcome: Outcome, model: bool = True) -> None:
+        """The loss figure, the best model (with the best values as metrics, searchable) and train.log.
+
+        ``model`` False: the run holds this ending's model already (a repaired ending), so neither it nor its
+        metrics are sent again.
+        """
         self.spool.append({"k": "figure", "title": self.run_name})
         metrics, step = outcome.best_metrics(), outcome.best_step or 0
-        if best.exists() and self._log_model:
-            self._seq += 1
-            src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}-model"
-            snapshot(best, self.run_dir / src)
-            self.spool.append({"k": "model", "src": str(src), "step": step, "m": metrics, "register": self._register})
+        if self._logs_model():
+            if model:  # else the run holds this ending's model (and the metrics it carries) already
+                self._seq += 1
+                src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}-model"
+                snapshot(self._best(), self.run_dir / src)
+                self.spool.append({"k": "model", "src": str(src), "step": step, "m": metrics,
+                                   "register": self._register})
         elif metrics:
             self.spool.append({"k": "metrics", "step": step, "t": _now_ms(), "m": metrics})
         log_file = self.run_dir / "train.log"
         if log_file.exists():
             self.log_artifact(log_file, "train.log")
+
+    def _best(self) -> Path:
+        return self.run_dir / "checkpoints" / "best"
+
+    def _logs_model(self) -> bool:
+        """Whether an ending logs the best checkpoint as the run's Logged Model."""
+        return self._log_model and self._best().exists()
 
     def abort(self) -> None:
         """This attempt never trained: a new run is deleted, a reopened one gets its earlier status back."""
@@ -313,6 +330,75 @@ class MlflowTracker(Tracker):
         else:
             self.spool.append({"k": "delete"})
         self._close()
+
+    def repair_ending(self, run: RunInfo, outcome: Outcome) -> str | None:
+        """Give the MLflow run this folder's spool names the ending ``outcome``, as :meth:`finish` would have.
+
+        A process killed after the stop record and before its ``end`` event reached the spool leaves the run
+        RUNNING (or with an older segment's stop tags) for good. What the process left unsent goes first: it may
+        hold the ending. The repair goes through the spool too, so a server that fails half-way gets the rest
+        from ``sync``; it is appended only once nothing is pending, so it is never appended twice.
+        """
+        folder = run.run_dir / FOLDER
+        if not (folder / SPOOL).exists():
+            return None  # this folder never had an MLflow run
+        tc = run.config.tracking
+        self._register, self._log_model = tc.register_model, tc.log_model
+        self.run_dir, self.run_name = run.run_dir, run.name
+        self.spool = Spool(folder)
+        # Where the run lives: as a resume would reach it, else the server the spool recorded.
+        uri = tc.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or self.spool.state.get("tracking_uri")
+        uri = tracking_uri(uri)
+        try:
+            store = local_store_path(uri)
+            if store is not None and not store.exists():  # opening it would create an empty store
+                log.warning("mlflow: cannot check that run %s has its ending: there is no MLflow store at %s; set "
+                            "MLFLOW_TRACKING_URI to the one that holds it", self.spool.state.get("run_id"), store)
+                return None
+            sink = MlflowSink(uri, run.run_dir, self.spool, tc.experiment)
+            self.sender = Sender(self.spool, sink, "mlflow")  # never started: this thread sends
+            return self._repair(sink, outcome)
+        except Blocked as e:
+            log.error("mlflow: %s", e)
+        except Exception as e:  # noqa: BLE001 - unreachable or failing server: nothing is lost, sync retries
+            log.warning("mlflow: could not check that run %s at %s has its ending (%s); `tracked-train sync %s` "
+                        "does it when the server answers", self.spool.state.get("run_id") or "(not created yet)",
+                        strip_userinfo(uri), describe(e, 200), run.run_dir)
+        finally:
+            self.spool.close()
+            self.spool = self.sender = None
+        return None
+
+    def _repair(self, sink: MlflowSink, outcome: Outcome) -> str | None:
+        self.sender.flush_once()
+        self.run_id = self.spool.state.get("run_id")
+        if not self.run_id:
+            return None
+        client = sink.connect()
+        found = client.get_run(self.run_id)
+        if found.info.lifecycle_stage == "deleted":
+            return None  # deleted on purpose: not ours to bring back
+        stop, tags, was = outcome.stop, found.data.tags, found.info.status
+        if (was == stop.reason.status and tags.get("stop_reason") == stop.reason.value
+                and tags.get("stop_step") == str(stop.step)):
+            return None
+        best_step = outcome.best_step or 0
+        has_model = _has_model_at(found, best_step)
+        self._append_ending(outcome, model=not has_model)
+        try:
+            self.sender.flush_once()
+        except Exception as e:  # noqa: BLE001 - the ending waits in the spool, pending: sync sends it
+            log.warning("mlflow: run %s was %s; its ending is in the spool but not on the server yet (%s); "
+                        "`tracked-train sync %s` sends it", self.run_id, was, describe(e, 200), self.run_dir)
+            return None
+        line = (f"repaired: MLflow run {self.run_id} was {was}"
+                f"{' without its stop tags' if was == stop.reason.status else ''}; marked "
+                f"{stop.reason.status} ({stop.reason.value} at step {stop.step})")
+        if self._logs_model() and not has_model:
+            line += (f"; logged the best model (step {best_step})" if _has_model_at(client.get_run(self.run_id),
+                                                                                    best_step) else
+                     f"; the best model was not logged (why: {self.spool.folder / REJECTED})")
+        return line
 
     def _close(self, end_directly: tuple[str, dict[str, str]] | None = None) -> None:
         self.sender.wake()
@@ -339,6 +425,16 @@ class MlflowTracker(Tracker):
         run_id = self.run_id or (self.spool.state.get("run_id") if self.spool else None)
         return {"run_id": run_id, "last_step": self._last_step,
                 "tracking_uri": self.spool.state.get("tracking_uri") if self.spool else None}
+
+
+def _has_model_at(run: Any, step: int) -> bool:
+    """Whether an MLflow run has a Logged Model output at ``step`` (an ending logs the best one at the best step)."""
+    return any(o.step == step for o in getattr(run.outputs, "model_outputs", None) or [])
+
+
+def _ending_tags(outcome: Outcome) -> dict[str, str]:
+    """The stop tags, and the stop's detail as the run's description in MLflow's UI."""
+    return {**outcome.tags(), "mlflow.note.content": outcome.stop.detail}
 
 
 def _report_set_aside(spool: Spool) -> tuple[int, int]:
@@ -415,9 +511,43 @@ def sync(run_dir: Path) -> tuple[bool, int, int, int]:
             log.error("mlflow: %s", e)
         except Exception as e:  # noqa: BLE001 - unreachable: report, the events stay pending
             log.warning("mlflow: sync to %s failed (%s)", strip_userinfo(uri), describe(e, 200))
+        current = folder == Path(run_dir) / FOLDER
+        if current and spool.unsent() == 0:
+            spool.close()  # the repair opens the spool itself
+            _repair_current(Path(run_dir), uri)
+            spool = Spool(folder)
         r, q = _report_set_aside(spool)
         left += spool.unsent()
         done = done and spool.unsent() == 0
         rejected, quarantined = rejected + r, quarantined + q
         spool.close()
     return done, left, rejected, quarantined
+
+
+def _repair_current(run_dir: Path, uri: str) -> None:
+    """The current MLflow run gets the ending ``metrics.jsonl`` records, if its process died before it could.
+
+    Only when this folder's last attempt ran with MLflow (``trackers.json``): a stop recorded by an attempt
+    without it is not this MLflow run's. No stop record: the run has not ended and stays as it is.
+    """
+    from ..config import Config
+    from ..resume import folder_config
+    from ..runner import read_tracker_state
+    from ..trackers import jsonl
+
+    path = run_dir / jsonl.FILENAME
+    stop = jsonl.last_stop(jsonl.read(path)) if path.exists() else None
+    outcome = jsonl.outcome_of(stop) if stop else None
+    last_attempt = read_tracker_state(run_dir)
+    if outcome is None or (last_attempt is not None and MlflowTracker.name not in last_attempt):
+        return
+    try:
+        cfg = folder_config(run_dir)
+    except UserError:
+        # Your own loop's config.yaml holds your params (tracked_train.Run), and its checkpoints are no model
+        # a Logged Model is made from: the rest of the ending is repaired.
+        cfg = Config().replace(**{"tracking.log_model": False})
+    cfg = cfg.replace(**{"tracking.mlflow_uri": uri})  # the server sync sends to
+    line = MlflowTracker().repair_ending(RunInfo(run_dir.name, run_dir, cfg), outcome)
+    if line:
+        log.info("%s", line)

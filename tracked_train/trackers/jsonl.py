@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ..early_stopping import Stop
 from .base import Outcome, RunInfo, Tracker
 
 if TYPE_CHECKING:
@@ -71,6 +72,30 @@ def last_stop(records: list[dict]) -> dict | None:
         elif r.get("event") == "stop":
             stop = r
     return stop
+
+
+def outcome_of(stop: dict) -> Outcome | None:
+    """The outcome a stop record was written from (:meth:`JsonlTracker.finish`), None when it is unreadable.
+
+    Records written before ``monitor``/``best_value`` were recorded give the default monitor and no best value.
+    """
+    def number(key: str) -> float | None:
+        try:
+            return None if stop.get(key) is None else float(stop[key])  # "nan"/"inf" strings too
+        except (TypeError, ValueError):
+            return None
+
+    try:
+        best_step = stop.get("best_step")
+        return Outcome(Stop(stop["reason"], str(stop.get("detail", "")), int(stop["step"])),
+                       best_step=None if best_step is None else int(best_step), best_val_loss=number("best_val_loss"),
+                       initial_loss=number("initial_loss"), final_loss=number("final_loss"),
+                       decrease_pct=number("decrease_pct") or 0.0, verdict=str(stop.get("verdict", "not learning")),
+                       best_val_nats_per_char=number("best_val_nats_per_char"),
+                       monitor=str(stop.get("monitor", "val/loss")), mode=str(stop.get("mode", "min")),
+                       best_value=number("best_value"), ended_at=number("time"))
+    except (KeyError, TypeError, ValueError):  # a reason that is no StopReason, a step that is no number
+        return None
 
 
 def truncate_after(path: Path, step: int) -> int:
@@ -134,11 +159,13 @@ class JsonlTracker(Tracker):
         if self._f is None:
             return
         s = outcome.stop
-        self._write({"event": "stop", "reason": s.reason, "detail": s.detail, "step": s.step,
+        # Every field of the outcome: a tracker killed before it had the ending gets it from here (outcome_of).
+        self._write({"event": "stop", "reason": s.reason, "detail": s.detail, "step": s.step, "time": time.time(),
                      "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss,
                      "best_val_nats_per_char": outcome.best_val_nats_per_char,
                      "initial_loss": outcome.initial_loss, "final_loss": outcome.final_loss,
-                     "decrease_pct": outcome.decrease_pct, "verdict": outcome.verdict})
+                     "decrease_pct": outcome.decrease_pct, "verdict": outcome.verdict,
+                     "monitor": outcome.monitor, "mode": outcome.mode, "best_value": outcome.best_value})
         os.fsync(self._f.fileno())
         self._f.close()
         self._f = None
