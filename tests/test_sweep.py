@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import cli, free_port, records, wait_until
@@ -115,21 +116,24 @@ def test_two_workers_share_six_trials_and_prune(sweep_dir):
     assert pruned, [(t.number, t.params, t.state) for t in done]
     for t in pruned:
         assert t.user_attrs["stop_reason"] == "pruned"
-        stop = [r for r in records(tmp / "runs" / f"s-t{t.number:03d}") if r.get("event") == "stop"][-1]
+        stop = [r for r in records(Path(t.user_attrs["run_dir"])) if r.get("event") == "stop"][-1]
         assert stop["reason"] == "pruned" and "median" in stop["detail"] and stop["step"] < 20, stop
-    # Each trial in its own run folder named after the study and the trial (the killed one's stays, resumable).
+    # Each trial in its own run folder named after the study and the trial; the killed one's is continued by
+    # the trial that runs its params again.
     assert sorted(p.name for p in (tmp / "runs").iterdir()) == sorted(
-        f"s-t{t.number:03d}" for t in [*done, trials[killed]])
+        f"s-t{t.number:03d}" for t in [*done, trials[killed]] if t.user_attrs.get("retry_of") != killed)
     # The best trial's params are printed (by the worker that finished the study last, and by the other).
     best = min((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     for name in ("b", "a2"):
         out = (tmp / f"{name}.out").read_text()
         assert "6 of 6 trials finished" in out
-        assert f"best: trial {best.number} (run s-t{best.number:03d}), val/loss {best.value:.4f}" in out
+        assert f"best: trial {best.number} (run {best.user_attrs['run_name']}), val/loss {best.value:.4f}" in out
         assert f"training.warmup_steps={best.params['training.warmup_steps']}" in out and "training.lr=" in out
 
 
-def test_killed_worker_trial_is_failed_and_its_params_run_again(mlflow_server, sweep_dir):
+def test_killed_worker_trial_is_failed_and_its_params_continue_its_run(mlflow_server, sweep_dir):
+    from tracked_train.mlflow.tracker import spool_run_id
+
     tmp, killed = sweep_dir
     trials = load_study(tmp).get_trials()
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed)
@@ -137,10 +141,16 @@ def test_killed_worker_trial_is_failed_and_its_params_run_again(mlflow_server, s
     logs = (tmp / "b.err").read_text() + (tmp / "a2.err").read_text()
     assert f"trial {killed}'s worker stopped (no heartbeat" in logs
     assert "continuing the study" in (tmp / "a2.err").read_text()
-    # Its MLflow run does not stay RUNNING.
-    dead = next(c for c in sweep_runs(mlflow_server.client(), "trial")
-                if c.data.tags["tracked_train.trial"] == str(killed))
-    assert dead.info.status == "FAILED" and "no heartbeat" in dead.data.tags["stop_detail"]
+    # Its params continue its folder from its checkpoint, into the same MLflow run: each step once.
+    folder = tmp / "runs" / f"s-t{killed:03d}"
+    assert retry.user_attrs["run_dir"] == trials[killed].user_attrs["run_dir"] == str(folder)
+    assert f"(continuing trial {killed})" in logs
+    steps = [r["step"] for r in records(folder) if "train/loss" in r]
+    assert steps == list(range(1, steps[-1] + 1)) and any(r.get("event") == "resume" for r in records(folder))
+    client = mlflow_server.client()
+    run = client.get_run(spool_run_id(folder / "mlflow"))
+    assert run.info.status == "FINISHED" and run.data.tags["tracked_train.trial"] == str(retry.number)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps
 
 
 def test_one_parent_run_with_six_finished_children(mlflow_server, sweep_dir):
@@ -151,9 +161,8 @@ def test_one_parent_run_with_six_finished_children(mlflow_server, sweep_dir):
     parent = parents[0]
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    ok = [c for c in children if c.data.tags["tracked_train.trial"] != str(killed)]
+    ok = children  # the killed trial's run was continued by its retry: one run per finished trial
     assert len(ok) == 6 and all(c.info.status == "FINISHED" for c in ok)
-    assert len(children) == 7  # and the killed trial's, FAILED
     reasons = {c.data.tags["stop_reason"] for c in ok}
     assert "pruned" in reasons and reasons <= {"pruned", "completed"}
     assert sorted(c.data.tags["tracked_train.trial"] for c in ok) == sorted(
@@ -185,13 +194,13 @@ def test_compare_and_runs_understand_the_sweep(mlflow_server, sweep_dir):
     r = cli("compare", "sweep:s", "--format", "json", cwd=tmp, env=env)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert len(out["runs"]) == 7 and all(x["name"].startswith("s-t") for x in out["runs"])
+    assert len(out["runs"]) == 6 and all(x["name"].startswith("s-t") for x in out["runs"])
     assert {"training.lr", "training.warmup_steps"} & set(out["params"])
     r = cli("runs", "--sweep", "s", "--format", "json", cwd=tmp, env=env)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert [x["trial"] for x in rows] == sorted(x["trial"] for x in rows) and len(rows) == 7
-    assert {x["stop_reason"] for x in rows} >= {"pruned", "failed"}
+    assert [x["trial"] for x in rows] == sorted(x["trial"] for x in rows) and len(rows) == 6
+    assert "pruned" in {x["stop_reason"] for x in rows} <= {"pruned", "completed"}  # the killed one was continued
 
 
 BAD_SPACES = {

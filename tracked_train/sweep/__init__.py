@@ -357,8 +357,9 @@ def _next_trial(w: Worker) -> Any:
         return trial
 
 
-def _job(w: Worker, trial: Any) -> tuple[Any, dict[str, str]]:
-    """The trial's config and tags: sampled params over the base config, the run named after the study."""
+def _job(w: Worker, trial: Any) -> tuple[Any, dict[str, str], Path | None]:
+    """The trial's config, tags, and the folder it continues: sampled params over the base config, the run named
+    after the study; a killed trial's params that come back continue its folder when this machine has it."""
     from .. import config
     from ..mlflow.sweep import child_tags
     from . import report
@@ -373,12 +374,38 @@ def _job(w: Worker, trial: Any) -> tuple[Any, dict[str, str]]:
         "tracking.wandb_group": p.base.tracking.wandb_group or p.study_name,  # W&B: the trials share a group
     })], p.base)
     run_dir = Path(cfg.run.output_dir) / name
+    continued = _killed_folder(w, trial)
+    if continued is not None:
+        run_dir, name = continued, continued.name
     trial.set_user_attr(report.RUN_ATTR, name)
     trial.set_user_attr(report.RUN_DIR_ATTR, str(run_dir.resolve()))
     c = _counts(w)
-    log.info("sweep %s: trial %d (%d of %d finished) -> %s: %s", p.study_name, trial.number, c.finished, p.o.trials,
-             run_dir, ", ".join(f"{k}={_show(v)}" for k, v in params.items()))
-    return cfg, child_tags(w.parent_id, p.study_name, trial.number)
+    log.info("sweep %s: trial %d (%d of %d finished) -> %s%s: %s", p.study_name, trial.number, c.finished,
+             p.o.trials, run_dir, f" (continuing trial {trial.user_attrs['retry_of']})" if continued else "",
+             ", ".join(f"{k}={_show(v)}" for k, v in params.items()))
+    return cfg, child_tags(w.parent_id, p.study_name, trial.number), continued
+
+
+def _killed_folder(w: Worker, trial: Any) -> Path | None:
+    """The run folder of the killed trial whose params ``trial`` runs again, if it is here and unfinished."""
+    from ..sources import is_run_folder
+    from ..trackers import jsonl
+    from . import report
+
+    number = trial.user_attrs.get("retry_of")
+    if number is None or distributed.current().enabled:  # torchrun: every rank would have to follow a resume
+        return None
+    try:
+        old = w.study.trials[number]
+    except (IndexError, KeyError):
+        return None
+    folder = Path(old.user_attrs.get(report.RUN_DIR_ATTR) or "")
+    if not old.user_attrs.get(report.RUN_DIR_ATTR) or not is_run_folder(folder):
+        return None  # killed on another machine: its params start afresh here
+    stop = jsonl.last_stop(jsonl.read(folder / jsonl.FILENAME)) if (folder / jsonl.FILENAME).exists() else None
+    if stop is not None and stop.get("reason") != StopReason.INTERRUPTED.value:
+        return None  # it had ended after all
+    return folder
 
 
 def _show(v: Any) -> str:
@@ -415,6 +442,15 @@ class Judge:
         self.pruned = detail
         return Stop(StopReason.PRUNED, detail, step)
 
+    def replay(self, step: int, value: float) -> None:
+        """An evaluation from before a resume: reported to the trial, never a reason to prune it now."""
+        if math.isfinite(value):
+            self.best = min(self.best, value) if self.mode == "min" else max(self.best, value)
+        try:
+            self.trial.report(value, step)
+        except Exception as e:  # noqa: BLE001 - as in _judge: the database may be busy
+            log.warning("sweep: could not report step %d to the study (%s)", step, describe(e))
+
     def _judge(self, step: int, loss: float) -> str | None:
         from .study import pruned_detail
 
@@ -438,12 +474,12 @@ def _run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
     from . import report
     from .study import Heartbeat
 
-    cfg, tags = job
+    cfg, tags, continued = job
     judge = Judge(w, trial)
     run_dir = Path(trial.user_attrs[report.RUN_DIR_ATTR])
     with Heartbeat(w.storage, trial._trial_id, w.plan.o.heartbeat_s):
         try:
-            code = runner.start(cfg, judge=judge, tags=tags)
+            code = _continue(continued, judge, tags) if continued else runner.start(cfg, judge=judge, tags=tags)
         except UserError as e:  # this trial's own config or setup: it fails, the study goes on
             log.error("sweep %s: trial %d failed: %s", w.plan.study_name, trial.number, e)
             _tell(w, trial, "fail", None, run_dir, str(e), StopReason.FAILED.value)
@@ -471,6 +507,25 @@ def _run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
         _retry(w, trial)
     _report_progress(w, trial, outcome, judge)
     return outcome
+
+
+def _continue(run_dir: Path, judge: Judge, tags: dict[str, str]) -> int:
+    """Resume a killed trial's folder into its own tracked runs; the judge first hears its evaluations so far."""
+    from .. import runner
+    from ..resume import continue_in_place
+    from ..trackers import jsonl
+    from ..train import saved_step
+
+    saved = saved_step(run_dir)
+    for r in jsonl.read(run_dir / jsonl.FILENAME):  # the pruner judges the whole curve, not the resumed part only
+        if judge.metric in r and isinstance(saved, int) and r.get("step", 0) <= saved:
+            judge.replay(r["step"], r[judge.metric])
+    attempt = continue_in_place(run_dir)
+    if attempt is None:
+        return 0
+    attempt.judge = judge
+    attempt.tags.update(tags)
+    return runner.lifecycle(attempt)
 
 
 def _last_stop(run_dir: Path) -> dict | None:
@@ -612,7 +667,7 @@ def _follow() -> int:
         job = distributed.broadcast(None)
         if job is None:
             return code
-        cfg, tags = job
+        cfg, tags, _ = job  # a continued folder is never handed out under torchrun
         code = runner.start(cfg, judge=Judge(), tags=tags)
         setup_logging(None)
         if code == 130:
