@@ -33,6 +33,7 @@ from .console import FILE_ONLY, config_table, fmt_duration, setup_logging
 from .data import check_files
 from .early_stopping import Judge, Stop, StopReason
 from .errors import ConfigError, UserError, describe
+from .interrupts import Deferred
 from .lock import RunLock
 from .trackers import Outcome, RunInfo, Trackers
 
@@ -166,10 +167,15 @@ def _open(a: Attempt):
     try:
         setup_logging(a.run_dir / "train.log")
         dump_yaml(a.cfg, a.run_dir / "config.yaml")
-        trackers.start(RunInfo(a.cfg.run.name or a.run_dir.name, a.run_dir, a.cfg, a.start_step,
-                               a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
-        started = True
-        write_tracker_state(a.run_dir, trackers)
+        # A signal while the trackers start (a run created on the server, its id not yet recorded) would leave
+        # that run RUNNING with nobody knowing it: it waits until they have started, then aborts them below.
+        with Deferred() as deferred:
+            trackers.start(RunInfo(a.cfg.run.name or a.run_dir.name, a.run_dir, a.cfg, a.start_step,
+                                   a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
+            started = True
+            write_tracker_state(a.run_dir, trackers)
+        if deferred.received:
+            raise KeyboardInterrupt
         check_files(a.cfg.data)  # again: a resume's data may be gone (a bad-input abort repairs a kill -9's RUNNING)
         if a.install_last is not None:
             from .checkpoint import save_copy
@@ -252,7 +258,6 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
 
 def _run(parts) -> int:
     """Train to a stop; the ending reaches every tracker once, whatever signal arrives meanwhile."""
-    from .interrupts import Deferred
 
     # Inside the loop, Interrupts' own handlers stop it cleanly; before and after it, a first SIGINT/SIGTERM
     # waits until the ending is on every tracker (a second one stops at once).
