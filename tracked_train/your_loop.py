@@ -48,16 +48,20 @@ class Run:
     ``config``: your hyperparameters, a mapping (nested mappings become dotted names); logged as params.
     ``trackers``: names as for ``tracking.trackers`` (``jsonl`` is always on). ``tracking``: other
     ``tracking.*`` settings without the prefix (``{"wandb_project": "x"}``); the ``TRACKED_TRAIN_TRACKING_*``
-    variables and ``MLFLOW_TRACKING_URI`` apply as for the CLI.
+    variables and ``MLFLOW_TRACKING_URI`` apply as for the CLI. ``loss_metric``: the metric whose first and latest
+    values give the run's verdict. ``signals``: False leaves SIGINT / SIGTERM to a framework that handles them itself
+    (Lightning does); ``should_stop`` then stays False.
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
                  trackers: Sequence[str] = ("jsonl",), experiment: str | None = None,
-                 mlflow_uri: str | None = None, tracking: Mapping[str, Any] | None = None):
+                 mlflow_uri: str | None = None, tracking: Mapping[str, Any] | None = None,
+                 loss_metric: str = "train/loss", signals: bool = True):
         self.run_dir = Path(run_dir)
         self._user_config = dict(config or {})
         self._trackers_given, self._experiment, self._mlflow_uri = list(trackers), experiment, mlflow_uri
         self._tracking = dict(tracking or {})
+        self._loss_metric, self._signals = loss_metric, signals
         self.start_step = 0  # the step of the checkpoint this run resumed from (0: a new run)
         self._state: dict[str, Any] | None = None
         self._trackers: Any = None
@@ -96,7 +100,8 @@ class Run:
         summary = (self._state or {}).get("summary") or {}
         self._first_losses = list(summary.get("first_losses") or [])
         self._best_step, self._best_val_loss = summary.get("best_step"), summary.get("best_val_loss")
-        self._interrupts = Interrupts("run.should_stop is now True: your loop decides when to stop").__enter__()
+        if self._signals:
+            self._interrupts = Interrupts("run.should_stop is now True: your loop decides when to stop").__enter__()
         self._open = True
         return self
 
@@ -173,7 +178,8 @@ class Run:
         from .early_stopping import verdict
         from .interrupts import Deferred
 
-        self._interrupts.__exit__(None, None, None)
+        if self._interrupts is not None:
+            self._interrupts.__exit__(None, None, None)
         if not self._tracking_here:
             return
         stop = self._decide(exc)
@@ -206,7 +212,7 @@ class Run:
                                                        f"{describe(exc)}"), step)
         if self._stop is not None:
             return self._stop
-        if self._interrupts.requested:
+        if self._interrupts is not None and self._interrupts.requested:
             return Stop(StopReason.INTERRUPTED, f"Interrupted by {self._interrupts.requested} at step {step}; "
                         f"open the folder again to continue from its last checkpoint.", step)
         return Stop(StopReason.COMPLETED, f"Finished at step {step}.", step)
@@ -245,10 +251,10 @@ class Run:
             self._step_values = {}
         self._last_step = step
         self._step_values.update(values)
-        if "train/loss" in values:
+        if self._loss_metric in values:
             if len(self._first_losses) < 10:
-                self._first_losses.append(values["train/loss"])
-            self._recent_losses = [*self._recent_losses[-9:], values["train/loss"]]
+                self._first_losses.append(values[self._loss_metric])
+            self._recent_losses = [*self._recent_losses[-9:], values[self._loss_metric]]
         if self._tracking_here and values:
             self._trackers.log_metrics(values, step)
 
@@ -295,6 +301,29 @@ class Run:
             raise ValueError(f"unknown stop reason {reason!r}; use one of "
                              f"{', '.join(r.value for r in StopReason)}") from None
         self._stop = Stop(reason, detail or f"Stopped ({reason}) at step {self._last_step}.", self._last_step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log more hyperparameters after the start (``config`` is logged at the start), flattened and redacted as
+        ``config`` is. A name already logged keeps its first value on MLflow: give each name once."""
+        from .redact import redact
+
+        self._check_open()
+        flat = redact(flatten(params))
+        if self._tracking_here and flat:
+            self._trackers.log_params(flat)
+
+    def log_artifact(self, path: str | os.PathLike, name: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Upload the file or folder ``path`` as the MLflow run's artifact ``name`` (``"model/best"``; W&B keeps only
+        the run's own checkpoints); a later call with the same name replaces it. The files are snapshotted (hard
+        links) now, so they may be deleted or replaced as soon as this returns."""
+        self._check_open()
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"artifact {path} does not exist")
+        if not isinstance(name, str) or not name.strip("/"):
+            raise ValueError(f"artifact name {name!r} is not a name: use a relative path such as 'model/best'")
+        if self._tracking_here:
+            self._trackers.log_artifact(path, name.strip("/"), dict(metadata or {}))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._check_open()
