@@ -178,6 +178,21 @@ def fail_child(uri: str, run_id: str, detail: str) -> None:
         log.warning("mlflow: could not mark trial run %s failed (%s)", run_id, describe(e))
 
 
+def find_trial_run(uri: str, parent_id: str, number: int) -> str | None:
+    """The RUNNING child run of trial ``number`` under the sweep's parent, found by its tags: the run of a trial
+    whose worker died on another machine (its id was in that machine's run folder only)."""
+    try:
+        client = connect(uri)
+        exp = client.get_run(parent_id).info.experiment_id
+        runs = client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                       f"tags.`{TRIAL_TAG}` = '{int(number)}'")
+    except Exception as e:  # noqa: BLE001 - the run stays RUNNING; the study itself is right
+        log.warning("mlflow: could not look up trial %d's run (%s)", number, describe(e))
+        return None
+    running = [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    return running[0] if running else None
+
+
 def find_sweep(client: Any, study: str) -> tuple[Any | None, list[Any]]:
     """(parent run or None, trial runs ordered by trial number) of sweep ``study`` across active experiments."""
     from .store import _all

@@ -337,7 +337,8 @@ def _next_trial(w: Worker) -> Any:
     optuna, study, total = w.optuna, w.study, w.plan.o.trials
     waiting, tick = False, threading.Event()
     while True:
-        optuna.storages.fail_stale_trials(study)
+        if st.heartbeats_trusted(w.storage):
+            optuna.storages.fail_stale_trials(study)
         c = st.counts(optuna, study)
         if c.finished >= total:
             return None
@@ -586,6 +587,10 @@ def _on_stale(w: Worker, trial: Any) -> None:
         from ..mlflow.tracker import spool_run_id
 
         run_id = spool_run_id(Path(run_dir) / "mlflow")  # the worker died before recording it (same machine)
+    if run_id is None and w.plan.mlflow_uri and w.parent_id:
+        from ..mlflow.sweep import find_trial_run
+
+        run_id = find_trial_run(w.plan.mlflow_uri, w.parent_id, trial.number)  # it died on another machine
     if w.plan.mlflow_uri and run_id:
         fail_child(w.plan.mlflow_uri, run_id, f"Failed: the sweep worker running trial {trial.number} stopped "
                                               f"(no heartbeat for {grace} s).")

@@ -5,7 +5,9 @@ Workers share a study through its storage, an SQLAlchemy database: a SQLite
 file on one machine, PostgreSQL or MySQL across machines. A worker records a
 heartbeat for its running trial; a trial whose heartbeat stops (the worker was
 killed) is failed by whichever worker looks next, and its params are queued
-once more, so the study neither loses the trial nor counts it.
+once more, so the study neither loses the trial nor counts it. A database
+server that restarts or fails over is waited for: each call to it is retried
+on a fresh connection until it answers again (up to ``OUTAGE_WAIT_S``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ BASE_ATTR = "tracked_train.base_config"  # the base config every worker must sha
 # A worker that dies is noticed after this many heartbeats without one.
 GRACE_HEARTBEATS = 3
 STORAGE_TRIES = 4
+# How long a call to a database server that went away (a restart, a failover) waits for it to come back.
+OUTAGE_WAIT_S = 120.0
 
 
 def check_storage_url(url: str) -> None:
@@ -67,16 +71,20 @@ def import_optuna() -> Any:
 def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None]) -> Any:
     """Optuna's RDB storage with heartbeats; an unreachable or unusable database is bad input (exit 2)."""
     optuna = import_optuna()
-    engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several workers write one file: wait for its lock instead of failing at once (SQLite's 5 s default).
-        engine = {"connect_args": {"timeout": 60}}
+        engine: dict[str, Any] = {"connect_args": {"timeout": 60}}
+        storage_class = optuna.storages.RDBStorage
+    else:
+        # A server: a pooled connection it closed (it restarted) is replaced before use, and a call made while it
+        # is down waits for it (a first connection that fails is still bad input, below).
+        engine = {"pool_pre_ping": True}
+        storage_class = _waiting_storage_class(optuna)
     pause = threading.Event()
     for attempt in range(STORAGE_TRIES):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                              grace_period=GRACE_HEARTBEATS * heartbeat_s,
-                                              heartbeat_stale_trial_callback=on_stale)
+            return storage_class(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                 grace_period=GRACE_HEARTBEATS * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
         except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
             # Workers started together race to create the tables of a new database (a UNIQUE constraint
             # or "already exists" for the loser): the second try finds them made.
@@ -86,6 +94,95 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None
             raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check "
                             "--storage (and that its database driver is installed)") from None
     raise AssertionError("unreachable")
+
+
+def lost_connection(e: BaseException | None) -> BaseException | None:
+    """The error saying the database server went away (restarted, failed over, unreachable), ``e`` or one of
+    its causes, else None: the call can be made again on a new connection (the server rolled back what it had
+    not committed)."""
+    from sqlalchemy import exc
+
+    for _ in range(10):  # Optuna wraps SQLAlchemy's errors in its own (StorageInternalError from ...)
+        if e is None:
+            return None
+        if isinstance(e, exc.OperationalError) or (isinstance(e, exc.DBAPIError) and e.connection_invalidated):
+            return e
+        e = e.__cause__
+    return None
+
+
+_WAITING_STORAGE: dict[int, type] = {}
+_calling = threading.local()  # the call in progress on this thread retries; the storage's calls inside it do not
+
+
+def _waiting_storage_class(optuna: Any) -> type:
+    """Optuna's RDB storage whose calls wait through a database outage instead of failing the worker.
+
+    Without it a restart of PostgreSQL kills a worker in ``study.ask`` or ``tell``, or loses a trial's
+    evaluations (each pooled connection is dead once). A call that fails because the connection is lost is
+    made again, from the start (each is one transaction), every second or so, for up to ``OUTAGE_WAIT_S``.
+    """
+    import functools
+
+    base = optuna.storages.RDBStorage
+    if id(base) in _WAITING_STORAGE:
+        return _WAITING_STORAGE[id(base)]
+
+    def waiting(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(_calling, "active", False):
+                return method(self, *args, **kwargs)
+            _calling.active = True
+            try:
+                return _wait_through_outage(method, self, args, kwargs)
+            finally:
+                _calling.active = False
+
+        return call
+
+    names = [n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_") and n != "remove_session"
+             and callable(getattr(base, n, None))]
+    # Besides the public ones, what Optuna's cache in front of the storage (_CachedStorage) calls.
+    names += ["record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "_set_trial_param",
+              "_get_best_trial_id", "_get_trials"]
+    methods = {n: waiting(getattr(base, n)) for n in names if callable(getattr(base, n, None))}
+    cls = type("WaitingRDBStorage", (base,), {**methods, "__doc__": _waiting_storage_class.__doc__})
+    _WAITING_STORAGE[id(base)] = cls
+    return cls
+
+
+def _wait_through_outage(method: Callable[..., Any], storage: Any, args: tuple, kwargs: dict) -> Any:
+    import time
+
+    start, pause, tick, warned = time.monotonic(), 0.1, threading.Event(), False
+    while True:
+        try:
+            result = method(storage, *args, **kwargs)
+        except Exception as e:
+            lost = lost_connection(e)
+            if lost is None or time.monotonic() - start > OUTAGE_WAIT_S:
+                raise
+            if not warned:
+                log.warning("sweep: the study's database is unreachable (%s); waiting up to %.0f s for it",
+                            describe(lost, 200), OUTAGE_WAIT_S)
+                warned = True
+            tick.wait(pause)
+            pause = min(2 * pause, 1.0)
+            continue
+        if warned:
+            storage.recovered_at = time.monotonic()
+            log.warning("sweep: the study's database answers again (after %.1f s)", storage.recovered_at - start)
+        return result
+
+
+def heartbeats_trusted(storage: Any) -> bool:
+    """False for one grace period after this worker waited for the database: the heartbeats other workers could
+    not record meanwhile are no sign that they died (their running trials are not failed for it)."""
+    import time
+
+    recovered = getattr(storage, "recovered_at", None)
+    return recovered is None or time.monotonic() - recovered > (storage.grace_period or 0)
 
 
 def open_study(optuna: Any, storage: Any, name: str, pruner: Any, metric: str = "val/loss",
