@@ -47,10 +47,11 @@ class Run:
 
     ``config``: your hyperparameters, a mapping (nested mappings become dotted names); logged as params.
     ``trackers``: names as for ``tracking.trackers`` (``jsonl`` is always on). ``tracking``: other
-    ``tracking.*`` settings without the prefix (``{"wandb_project": "x"}``); the ``TRACKED_TRAIN_TRACKING_*``
-    variables and ``MLFLOW_TRACKING_URI`` apply as for the CLI. ``loss_metric``: the metric whose first and latest
-    values give the run's verdict. ``signals``: False leaves SIGINT / SIGTERM to a framework that handles them itself
-    (Lightning does); ``should_stop`` then stays False.
+    ``tracking.*`` settings without the prefix (``{"wandb_project": "x"}``); their environment variables
+    (``TRACKED_TRAIN_TRACKING_EXPERIMENT``...) and ``MLFLOW_TRACKING_URI`` apply as for the CLI.
+    ``loss_metric``: the metric whose first and latest values give the run's verdict. ``signals``: False
+    leaves SIGINT / SIGTERM to a framework that handles them itself (Lightning does); ``should_stop`` then
+    stays False.
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
