@@ -189,6 +189,9 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
             run.log({"train/loss": "low"}, step=2)
         with pytest.raises(ValueError, match="unknown stop reason 'done'"):
             run.stop("done")
+        for name in ("../x", "/etc/x", "a/../../b"):  # an artifact name never chooses where files go
+            with pytest.raises(ValueError, match="is not a name"):
+                run.log_artifact(tmp_path / "ok" / "config.yaml", name)
         run.save_checkpoint({"w": torch.ones(2)}, step=1)
         run.stop("target_reached", "loss 1.0 <= 1.0")
     stop = [r for r in records(tmp_path / "ok") if r.get("event") == "stop"][-1]

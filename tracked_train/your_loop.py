@@ -321,8 +321,10 @@ class Run:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"artifact {path} does not exist")
-        if not isinstance(name, str) or not name.strip("/"):
-            raise ValueError(f"artifact name {name!r} is not a name: use a relative path such as 'model/best'")
+        if (not isinstance(name, str) or not name.strip("/") or name.startswith("/")
+                or ".." in Path(name).parts or "\\" in name):
+            raise ValueError(f"artifact name {name!r} is not a name: use a relative path such as 'model/best' "
+                             "(no '..', not absolute)")
         if self._tracking_here:
             self._trackers.log_artifact(path, name.strip("/"), dict(metadata or {}))
 
