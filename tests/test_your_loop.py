@@ -202,3 +202,26 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
             again.log({"train/loss": 0.5}, step=1)
         with pytest.raises(UserError, match="in use by"):
             tracked_train.Run(tmp_path / "ok").start()  # one process (or Run) per folder
+
+
+def test_wandb_offline_holds_what_metrics_jsonl_holds_after_the_folder_is_opened_again(tmp_path, monkeypatch):
+    from test_wandb import flat_config, history, wandb_env, wandb_records
+
+    import tracked_train
+
+    for k, v in wandb_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    run_dir = tmp_path / "w"
+    with tracked_train.Run(run_dir, {"opt": {"lr": 0.1}}, trackers=["wandb"]) as run:
+        for step in range(1, 7):
+            run.log({"train/loss": 1.0 / step}, step=step)
+            if step == 4:
+                run.save_checkpoint({"step": step}, step=step)
+    with tracked_train.Run(run_dir, trackers=["wandb"]) as run:  # continues from step 4: 5 and 6 come again
+        for step in range(run.start_step + 1, 9):
+            run.log({"train/loss": 1.0 / step}, step=step)
+    expected = [(r["step"], r["train/loss"]) for r in records(run_dir) if "train/loss" in r]
+    assert [s for s, _ in expected] == list(range(1, 9))
+    recs = wandb_records(run_dir)
+    assert history(recs, "train/loss") == expected  # each step once, read back by W&B's own reader
+    assert flat_config(recs)["opt.lr"] == 0.1

@@ -142,9 +142,12 @@ class Run:
             clean(self.run_dir / "checkpoints")  # what a save cut by a kill left behind
             self._state = _read_last(self.run_dir)
             self.start_step = self._state["step"] if self._state else 0
+            # trackers.json is rewritten at every checkpoint and before the ending, so it is at least as new as
+            # the checkpoint's copy: a W&B run knows it holds the steps logged after the checkpoint, say.
             tracker_state = read_tracker_state(self.run_dir)
             if self._state and self._state.get("trackers"):
-                tracker_state = {**(tracker_state or {}), **self._state["trackers"]}
+                newer = {k: v for k, v in (tracker_state or {}).items() if v}
+                tracker_state = {**self._state["trackers"], **newer}
             setup_logging(self.run_dir / "train.log")
             if new:
                 (self.run_dir / "config.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -192,7 +195,10 @@ class Run:
                                                                             else None)
             drop, word = verdict(initial, final) if initial is not None and final is not None else (0.0, "not learning")
             outcome = Outcome(stop, self._best_step, self._best_val_loss, initial, final, drop, word)
+            from .runner import write_tracker_state
+
             with Deferred():  # a signal now waits until every tracker holds the ending
+                write_tracker_state(self.run_dir, self._trackers)  # what each holds, for a folder opened again
                 self._trackers.finish(outcome)
             log.info("stopped: %s [stop_reason=%s]", stop.detail, stop.reason)
         finally:
@@ -267,6 +273,7 @@ class Run:
         one): checkpoints load weights-only, so no pickled object can run code when a run is continued.
         """
         from . import checkpoint
+        from .runner import write_tracker_state
 
         self._check_open()
         step = self._last_step if step is None else step
@@ -287,6 +294,7 @@ class Run:
         meta = {"step": step, **{k.replace("/", "_"): float(v) for k, v in (metrics or {}).items()}}
         folder = self.run_dir / "checkpoints" / "last"
         checkpoint.save(folder, full, {})
+        write_tracker_state(self.run_dir, self._trackers)
         self._trackers.log_artifact(folder, "checkpoints/last", meta)
         if best:
             checkpoint.save_copy(folder, self.run_dir / "checkpoints" / "best")
