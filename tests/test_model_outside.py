@@ -61,6 +61,7 @@ def test_logged_model_with_best_metrics_registered_no_pickle(mlflow_server, trac
     assert metrics["best/val_loss"].value == pytest.approx(stop["best_val_loss"])
     assert metrics["best/step"].value == stop["best_step"] == metrics["best/val_loss"].step
     assert metrics["best/val_nats_per_char"].value == pytest.approx(stop["best_val_nats_per_char"])
+    assert metrics["best/val_bpb"].value == pytest.approx(stop["best_val_bpb"])
     # The best value is a run metric too: runs can be filtered and ordered by it.
     threshold = stop["best_val_loss"] + 1e-3
     found = client.search_runs([run.info.experiment_id], f"metrics.`best/val_loss` < {threshold}")

@@ -120,7 +120,7 @@ def test_run_posts_start_evals_warning_and_stop(runs):
     val = dict(metric_lines(run_dir, "val/loss"))
     evals = [b for b in bodies if b["event"] == "eval"]
     assert [b["metrics"]["val/loss"] for b in evals] == [val[5], val[10], val[15]]
-    assert set(evals[0]["metrics"]) == {"val/loss", "val/perplexity", "val/nats_per_char"}
+    assert set(evals[0]["metrics"]) == {"val/loss", "val/perplexity", "val/nats_per_char", "val/bpb"}
     assert [b["improved"] for b in evals] == [True, False, False]
     assert all(b["best_val_loss"] == val[5] for b in evals)
 

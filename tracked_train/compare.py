@@ -31,7 +31,7 @@ from .trackers import jsonl
 
 # Metrics compared by `compare` first (lower is better for each), then every other validation metric and loss
 # component the runs logged (a task's own: val/accuracy, train/loss/next_step...).
-COMPARED_METRICS = ("val/loss", "val/perplexity", "val/nats_per_char", "train/loss", "train/perplexity")
+COMPARED_METRICS = ("val/loss", "val/perplexity", "val/nats_per_char", "val/bpb", "train/loss", "train/perplexity")
 # Higher is better for these (by their last word), and for a run's monitor with early_stopping.mode=max.
 HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "precision", "recall", "r2")
 TOKENS = "train/tokens_seen"
@@ -49,6 +49,9 @@ PARAM_SECTIONS = ("training", "model", "data", "tokenizer", "early_stopping")
 # Differing params that change the tokens (a tokenizer is trained on the data): per-token losses stop comparing.
 TOKENIZER_SECTIONS = ("tokenizer.", "data.")
 PER_CHAR = "val/nats_per_char"
+BPB = "val/bpb"
+# Metrics of the text, not of its tokens: ranked even when the runs' tokenizers differ (bits per byte first).
+TOKENIZER_FREE = (BPB, PER_CHAR)
 PLOT_LABEL_PARAMS = 3
 DEFAULT_EXPERIMENT = "tracked-train"
 
@@ -369,7 +372,7 @@ class MetricRow:
 
 
 def tokens_differ(runs: Sequence[Run]) -> bool:
-    """Whether the runs' tokenizers may differ: then a loss per token compares nothing, nats per char does."""
+    """Whether the runs' tokenizers may differ: then a loss per token compares nothing, bits per byte does."""
     return any(k.startswith(TOKENIZER_SECTIONS) for k in differing_params(runs))
 
 
@@ -381,7 +384,7 @@ def metric_rows(runs: Sequence[Run]) -> list[MetricRow]:
         series = [r.history.get(metric) or [] for r in runs]
         if not any(series):
             continue
-        ranked = metric == PER_CHAR or not per_char_only or metric in others
+        ranked = metric in TOKENIZER_FREE or not per_char_only or metric in others
         up = higher_is_better(metric, runs)
         pick = max if up else min
         rows.append(MetricRow(metric, "best", [pick((v for _, v in s), default=None) for s in series], ranked, up))
@@ -463,7 +466,9 @@ def _print_compare_table(runs, names, params, metrics) -> None:
     caption = ("best: the lowest value in the run (the highest where higher is better: accuracy, a max monitor); "
                "final: at its last step; * marks the best across runs")
     if not all(m.ranked for m in metrics):
-        caption += (f"; the runs' tokenizers or data differ, so only {PER_CHAR} is ranked "
+        shown = [m for m in TOKENIZER_FREE if any(r.metric == m for r in metrics)] or [BPB]
+        verb = "is" if len(shown) == 1 else "are"
+        caption += (f"; the runs' tokenizers or data differ, so only {' and '.join(shown)} {verb} ranked "
                     "(a loss per token depends on what a token is)")
     _print_table(["", *names], rows, fold=set(names), caption=caption)
 

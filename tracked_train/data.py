@@ -209,6 +209,13 @@ class Data:
     valid: Batches
     valid_chars_per_token: float
     datasets: tuple[DatasetInfo, ...] = ()
+    valid_chars_per_byte: float = 1.0  # characters per UTF-8 byte of the validation text, for bits per byte
+
+
+def chars_per_byte(lines: list[str]) -> float:
+    """Characters per UTF-8 byte of ``lines`` as the streams hold them (each line and its newline)."""
+    chars = sum(len(ln) + 1 for ln in lines)
+    return chars / max(sum(len(ln.encode("utf-8", "surrogatepass")) + 1 for ln in lines), 1)
 
 
 def prepare(cfg: Config, tokenizer_from: bytes | None = None):
@@ -244,4 +251,4 @@ def prepare(cfg: Config, tokenizer_from: bytes | None = None):
     seq = cfg.model.seq_len
     infos = dataset_infos(cfg.data, train_lines, valid_lines, data_hash, valid_hash)
     return Data(Batches(train, seq, cfg.training.seed), Batches(valid, seq, cfg.training.seed),
-                valid.chars_per_token, infos), tok
+                valid.chars_per_token, infos, chars_per_byte(valid_lines)), tok

@@ -30,6 +30,11 @@ def gpt_config(cfg: Config, vocab_size: int) -> GPTConfig:
                      m.pos_encoding, m.norm, m.mlp, m.qk_norm, m.tie_embeddings)
 
 
+def bits_per_byte(nats_per_char: float, chars_per_byte: float) -> float:
+    """Bits per UTF-8 byte of the text: comparable across tokenizers (and across scripts, unlike per character)."""
+    return nats_per_char * chars_per_byte / math.log(2)
+
+
 def safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
@@ -99,7 +104,9 @@ class LanguageModel(Task):
             n += y.numel()
         loss_sum, n = distributed.all_reduce([loss_sum, float(n)])
         val = loss_sum / n
-        return {"loss": val, "perplexity": safe_exp(val), "nats_per_char": val / self.data.valid_chars_per_token}
+        per_char = val / self.data.valid_chars_per_token
+        return {"loss": val, "perplexity": safe_exp(val), "nats_per_char": per_char,
+                "bpb": bits_per_byte(per_char, self.data.valid_chars_per_byte)}
 
     def derived_metrics(self, loss: float) -> dict[str, float]:
         return {"perplexity": safe_exp(loss)}

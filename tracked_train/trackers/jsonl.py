@@ -93,7 +93,7 @@ def outcome_of(stop: dict) -> Outcome | None:
                        decrease_pct=number("decrease_pct") or 0.0, verdict=str(stop.get("verdict", "not learning")),
                        best_val_nats_per_char=number("best_val_nats_per_char"),
                        monitor=str(stop.get("monitor", "val/loss")), mode=str(stop.get("mode", "min")),
-                       best_value=number("best_value"), ended_at=number("time"))
+                       best_value=number("best_value"), ended_at=number("time"), best_val_bpb=number("best_val_bpb"))
     except (KeyError, TypeError, ValueError):  # a reason that is no StopReason, a step that is no number
         return None
 
@@ -162,7 +162,7 @@ class JsonlTracker(Tracker):
         # Every field of the outcome: a tracker killed before it had the ending gets it from here (outcome_of).
         self._write({"event": "stop", "reason": s.reason, "detail": s.detail, "step": s.step, "time": time.time(),
                      "best_step": outcome.best_step, "best_val_loss": outcome.best_val_loss,
-                     "best_val_nats_per_char": outcome.best_val_nats_per_char,
+                     "best_val_nats_per_char": outcome.best_val_nats_per_char, "best_val_bpb": outcome.best_val_bpb,
                      "initial_loss": outcome.initial_loss, "final_loss": outcome.final_loss,
                      "decrease_pct": outcome.decrease_pct, "verdict": outcome.verdict,
                      "monitor": outcome.monitor, "mode": outcome.mode, "best_value": outcome.best_value})
