@@ -75,6 +75,13 @@ def system_tags(run_name: str, run_dir: Path) -> dict[str, str]:
     return tags
 
 
+def ui_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run in the MLflow UI's model-training view (MLflow 3 opens the GenAI view without the parameter),
+    with no credentials."""
+    base = strip_userinfo(uri).split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -168,6 +175,9 @@ class MlflowTracker(Tracker):
         else:
             log.info("mlflow: run %s in experiment '%s' at %s", self.run_id or "(created when the server answers)",
                      tc.experiment, strip_userinfo(uri))
+            if self.run_id and uri.startswith(("http://", "https://")):
+                exp_id = self.spool.state.get("experiment_id") or client.get_run(self.run_id).info.experiment_id
+                log.info("mlflow: view it at %s", ui_link(uri, exp_id, self.run_id))
             _drain_previous(folder, uri, run.run_dir)
             if tc.system_metrics:
                 self._monitor = system_metrics.start(uri, self.run_id, resuming=self._continuing)
