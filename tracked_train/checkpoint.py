@@ -21,18 +21,22 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["CheckpointError", "clean", "config_of", "load", "load_weights", "locate", "save", "save_copy", "verify"]
+__all__ = ["CheckpointError", "clean", "config_of", "find", "load", "load_weights", "locate", "named", "periodic",
+           "prune", "save", "save_copy", "step_name", "verify"]
 
 STATE_FILE = "checkpoint.pt"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("step", "loop", "model", "optimizer", "scaler", "early_stopping", "rng", "config", "task_state")
+STEP_PREFIX = "step-"  # periodic checkpoints (training.keep_checkpoints): checkpoints/step-000500
+_STEP_NAME = re.compile(r"step-(\d+)")
 
 
 def _sha256(path: Path) -> str:
@@ -149,6 +153,8 @@ def locate(folder: Path) -> Path:
     if folder.exists():
         return folder
     tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
+    if _STEP_NAME.fullmatch(folder.name):
+        old = folder.parent / ".never"  # a periodic checkpoint's .old may be one pruning cut half-way: never restored
     if (tmp / MANIFEST).is_file():
         try:
             verify(tmp)
@@ -251,15 +257,79 @@ def restore_model(state: dict[str, Any], where: Path | str = "the checkpoint") -
 
 
 def clean(checkpoints: Path) -> None:
-    """Remove what an interrupted save left (``.last.tmp``, ``.best.old``) once the checkpoint it shadows is whole."""
+    """Remove what an interrupted save left (``.last.tmp``, ``.best.old``) once the checkpoint it shadows is whole,
+    and what an interrupted pruning left (``.step-000100.old``: gone whatever it holds)."""
     for leftover in list(Path(checkpoints).glob(".*.tmp")) + list(Path(checkpoints).glob(".*.old")):
         name = leftover.name[1:].rsplit(".", 1)[0]
         try:
             locate(Path(checkpoints) / name)  # promotes a complete .tmp when the swap was cut
         except CheckpointError:
-            continue
+            if not _STEP_NAME.fullmatch(name):
+                continue
         if leftover.exists():
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def step_name(step: int) -> str:
+    """The folder name of step ``step``'s periodic checkpoint: ``step-000500``."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def periodic(checkpoints: Path) -> list[tuple[int, Path]]:
+    """The periodic checkpoints in ``checkpoints`` as (step, folder), oldest first."""
+    found = []
+    for path in Path(checkpoints).glob(f"{STEP_PREFIX}*"):
+        m = _STEP_NAME.fullmatch(path.name)
+        if m and path.is_dir():
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def prune(checkpoints: Path, keep: int, hook: Any = None) -> list[int]:
+    """Remove all but the ``keep`` newest periodic checkpoints, oldest first; returns the steps removed.
+
+    Each goes in two moves: renamed to a hidden ``.step-000100.old`` (atomic; the parent fsynced), then deleted.
+    A kill between or during them leaves a hidden leftover that :func:`clean` removes, never a half-deleted
+    folder under a checkpoint's name. ``hook(folder)``, for tests, runs between the two moves.
+    """
+    removed = []
+    for step, path in periodic(checkpoints)[:-keep] if keep > 0 else periodic(checkpoints):
+        gone = path.parent / f".{path.name}.old"
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(path, gone)
+        _fsync_dir(path.parent)
+        if hook is not None:
+            hook(gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        removed.append(step)
+    return removed
+
+
+def find(checkpoints: Path, which: str) -> Path:
+    """The folder ``--from WHICH`` names: ``last``, ``best``, or a periodic one as ``step-500`` / ``step-000500``.
+
+    A step with no checkpoint is bad input: :class:`CheckpointError` names the steps there are.
+    """
+    name = named(which)
+    folder = Path(checkpoints) / name
+    if name in ("last", "best") or folder.is_dir():
+        return folder
+    have = ", ".join(f"step-{s}" for s, _ in periodic(checkpoints)) or "none (training.keep_checkpoints unset?)"
+    step = int(name[len(STEP_PREFIX):])
+    raise CheckpointError(f"--from step-{step}: {checkpoints} has no checkpoint of step {step}; "
+                          f"the periodic ones there: {have}")
+
+
+def named(which: str) -> str:
+    """``last``, ``best``, or ``step-500`` / ``step-000500`` as its folder's name (``step-000500``)."""
+    from .errors import UserError
+
+    if which in ("last", "best"):
+        return which
+    m = _STEP_NAME.fullmatch(which)
+    if m is None:
+        raise UserError(f"--from {which!r}: write last, best or step-N (e.g. step-500)")
+    return step_name(int(m.group(1)))
 
 
 def save_copy(src: Path, dest: Path) -> None:

@@ -116,8 +116,8 @@ def run(overrides: tuple[str, ...], config_file: str | None, sets: tuple[str, ..
 @main.command()
 @click.argument("source")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--from", "which", type=click.Choice(["last", "best"]), default="last", show_default=True,
-              help="Which checkpoint to continue from.")
+@click.option("--from", "which", default="last", show_default=True, metavar="last|best|step-N",
+              help="Which checkpoint to continue from: last, best, or a kept periodic one (step-500).")
 @click.option("--fork", is_flag=True, help="Continue as a new tracked run; the old one is untouched.")
 @click.option("--allow-config-change", is_flag=True,
               help="Accept --set values that differ from the run's config (recorded as a tag and an artifact).")

@@ -109,6 +109,8 @@ class TrainingConfig:
     eval_every: int = field(default=50, metadata=_range(1, 10**12))
     eval_batches: int = field(default=10, metadata=_range(1, 100_000))
     checkpoint_every: int = field(default=50, metadata=_range(1, 10**12))
+    # Besides best and last, keep the N newest periodic checkpoints as checkpoints/step-000500/ (None: none).
+    keep_checkpoints: int | None = field(default=None, metadata=_range(1, 10**9))
     seed: int = field(default=1337, metadata=_range(0, 2**63 - 1))  # numpy and torch take 0 ... 2^63 - 1
     time_budget_s: float | None = field(default=None, metadata=_range(0.0, 1e9, lo_open=True))
 

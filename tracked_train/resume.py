@@ -62,6 +62,7 @@ def resume(source: str, sets: list[str], which: str = "last", fork: bool = False
     from .console import setup_logging
 
     config.check_env(os.environ)  # bad input before anything is read, fetched or created
+    which = checkpoint.named(which)  # last, best, or step-000500 (`--from step-500`)
     setup_logging(None)  # what the resume decides is said before the run's log file exists
     if distributed.init().is_main:
         attempt, decided = None, False
@@ -134,16 +135,17 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
     lock = RunLock(run_dir).acquire()
     try:
         checkpoints = run_dir / "checkpoints"
-        checkpoint.clean(checkpoints)  # what a save cut by a kill or a full disk left behind
-        state = _load_or_none(checkpoints / which, which)
+        checkpoint.clean(checkpoints)  # what a save (or a pruning) cut by a kill or a full disk left behind
+        folder = checkpoint.find(checkpoints, which)
+        state = _load_or_none(folder, which)
         if state is None:
             saved = folder_config(run_dir)
         else:
-            saved = checkpoint.config_of(state, checkpoints / which)
+            saved = checkpoint.config_of(state, folder)
         cfg = config.build([("--set", overrides)], base=saved)
         changes = check_drift(saved, cfg, allow)
         if state is not None:
-            check_weights(cfg, state, checkpoints / which)
+            check_weights(cfg, state, folder)
         stop = _finished_locally(run_dir, changes, which)
         if stop is not None:
             repair_endings(run_dir, cfg, stop)
@@ -161,7 +163,7 @@ def _in_place(run_dir: Path, overrides: dict[str, Any], which: str, allow: bool)
                   and _logged_after(run_dir, state["step"]))
         cfg = cfg.replace(**{"run.name": run_dir.name, "run.output_dir": str(run_dir.parent)})
         # `best` becomes `last` only once the attempt is under way: bad input found on the way changes nothing.
-        install = checkpoints / which if state is not None and which != "last" else None
+        install = folder if state is not None and which != "last" else None
         return Attempt(cfg, run_dir, lock, new=False, state=state, tracker_state=tracker_state, rewind=rewind,
                        tags=tags, install_last=install)
     except BaseException:

@@ -90,7 +90,7 @@ def is_run_folder(path: Path) -> bool:
 def _local(value: str, which: str) -> tuple[Path, dict]:
     path = Path(value)
     if is_run_folder(path):
-        return path / "checkpoints" / which, {"kind": "local", "run_dir": path}
+        return checkpoint.find(path / "checkpoints", which), {"kind": "local", "run_dir": path}
     if (path / checkpoint.MANIFEST).is_file() or (path.parent / checkpoint.MANIFEST).is_file():
         return (path if path.is_dir() else path.parent), {"kind": "local", "run_dir": None}
     raise UserError(f"no run folder or checkpoint at {value}; pass a run folder, a checkpoint folder, "

@@ -135,6 +135,7 @@ class Parts:
     device: str
     amp: Any  # () -> autocast context
     st: LoopState
+    evaluated: dict[str, float] = field(default_factory=dict)  # the validation metrics of step st.last_eval_step
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -166,9 +167,25 @@ class Parts:
             "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
             **self.task.checkpoint_files(),
         })
+        self._upload(folder, metrics)
+
+    def _upload(self, folder: Path, metrics: dict[str, float] | None) -> None:
         meta: dict[str, Any] = {"step": self.st.step, "tokens_seen": self.st.tokens_seen}
         meta.update({key.replace("/", "_"): value for key, value in (metrics or {}).items()})  # val/loss -> val_loss
-        self.trackers.log_artifact(folder, f"checkpoints/{kind}", meta)
+        self.trackers.log_artifact(folder, f"checkpoints/{folder.name}", meta)
+
+    def keep_periodic(self) -> None:
+        """``training.keep_checkpoints``: ``last`` (just saved) copied to ``checkpoints/step-000500``, uploaded with
+        this step's validation metrics (if it was evaluated), and the oldest pruned so the N newest remain."""
+        keep = self.cfg.training.keep_checkpoints
+        if keep is None or not distributed.current().is_main:
+            return
+        checkpoints = self.run_dir / "checkpoints"
+        folder = checkpoints / checkpoint.step_name(self.st.step)
+        checkpoint.save_copy(checkpoints / "last", folder)
+        self._upload(folder, self.evaluated if self.st.last_eval_step == self.st.step else None)
+        for step in checkpoint.prune(checkpoints, keep):
+            log.debug("pruned checkpoints/%s (training.keep_checkpoints=%d)", checkpoint.step_name(step), keep)
 
 
 def keep_freed_memory() -> bool:
@@ -418,6 +435,8 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
         elif stop is not None or step % t.checkpoint_every == 0:
             with reserve.timing("save"):
                 p.save("last")
+                if step % t.checkpoint_every == 0:
+                    p.keep_periodic()
     return stop
 
 
@@ -475,7 +494,7 @@ def _check_monitor(p: Parts, metrics: dict[str, float], kind: str) -> None:
 
 
 def _evaluate_and_save_best(p: Parts, progress: Progress) -> None:
-    val = evaluate(p)
+    val = p.evaluated = evaluate(p)
     step = p.st.last_eval_step = p.st.step
     p.trackers.log_metrics(val, step)
     _check_monitor(p, val, "val/")

@@ -29,11 +29,14 @@ PROMPT_EXAMPLE = "The "
 
 
 def log_model(client: Any, run_id: str, checkpoint_dir: Path, upload: str, metrics: dict[str, float],
-              step: int, register_as: str | None = None) -> str:
+              step: int, register_as: str | None = None, name: str = NAME, timestamp: int | None = None,
+              dataset: dict[str, str] | None = None) -> str:
     """Log ``checkpoint_dir`` as the run's Logged Model; returns its model id.
 
-    ``metrics`` (the best validation values) are logged to the run and the
-    model at once; ``register_as`` also registers it in the Model Registry.
+    ``metrics`` (the best validation values, or a periodic checkpoint's step's) are logged to the run and the
+    model at once, linked to ``dataset`` (``{"name", "digest"}``, the validation split) when given; with the
+    ``timestamp`` the run's points already have, MLflow keeps one point per step. ``register_as`` also
+    registers it in the Model Registry.
     """
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 
@@ -44,7 +47,7 @@ def log_model(client: Any, run_id: str, checkpoint_dir: Path, upload: str, metri
     run = client.get_run(run_id)
     model_id = _earlier_attempt(client, run, upload)
     if model_id is None:
-        logged = client.create_logged_model(run.info.experiment_id, name=NAME, source_run_id=run_id,
+        logged = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
                                             params=dict(run.data.params), tags={ORIGIN_TAG: upload},
                                             model_type="text-generation" if task.cfg.task == "lm" else None)
         model_id = logged.model_id
@@ -64,8 +67,9 @@ def log_model(client: Any, run_id: str, checkpoint_dir: Path, upload: str, metri
         client.log_model_artifacts(model_id, str(saved))
     client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])
     if metrics:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step, model_id=model_id, run_id=run_id)
+        now = timestamp if timestamp is not None else int(time.time() * 1000)
+        on = {"dataset_name": dataset["name"], "dataset_digest": dataset["digest"]} if dataset else {}
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step, model_id=model_id, run_id=run_id, **on)
                                           for k, v in metrics.items()])
     client.finalize_logged_model(model_id, LoggedModelStatus.READY)
     if register_as:

@@ -40,7 +40,9 @@ log = logging.getLogger("tracked_train")
 FIELDS = {"metrics": ("step", "t", "m"), "params": ("p",), "tags": ("tags",), "artifact": ("src", "dst"),
           "model": ("src",), "figure": (), "create": ("t", "tags"), "inputs": ("d",),
           "delete": (), "end": ("status", "t")}
-OPTIONAL = {"model": ("step", "m", "register")}  # the best step, its metrics, a Model Registry name
+# The best step (or a periodic checkpoint's), its metrics, a Model Registry name; a periodic checkpoint's model
+# also has its folder's name, its metrics' timestamp and the validation split they were measured on.
+OPTIONAL = {"model": ("step", "m", "register", "checkpoint", "t", "dataset")}
 SPLIT_FIELDS = (("context", str), ("name", str), ("source_type", str), ("source", str), ("digest", str),
                 ("lines", int), ("chars", int))  # data.DatasetInfo, as an inputs event carries it
 BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
@@ -54,7 +56,7 @@ def check_event(e: dict[str, Any]) -> None:
     if missing:
         raise BadEvent(f"{kind} event without {', '.join(missing)}")
     types = {"step": int, "t": int, "m": dict, "p": dict, "tags": dict, "src": str, "dst": str, "status": str,
-             "d": list, "register": (str, type(None))}
+             "d": list, "register": (str, type(None)), "checkpoint": str, "dataset": (dict, type(None))}
     wrong = [f for f in (*FIELDS[kind], *OPTIONAL.get(kind, ())) if f in e and not isinstance(e[f], types[f])]
     if wrong:
         raise BadEvent(f"{kind} event with a malformed {', '.join(wrong)}")
@@ -246,9 +248,15 @@ class MlflowSink:
         if not (self.run_dir / e["src"]).exists():
             return
         # A damaged snapshot raises CheckpointError, a refusal: the event is set aside in rejected.jsonl.
+        dataset = e.get("dataset")
+        if dataset is not None and not all(isinstance(dataset.get(f), str) for f in ("name", "digest")):
+            dataset = None
+        periodic = e.get("checkpoint")  # training.keep_checkpoints: checkpoints/step-000500
         model_id = log_model(self.client, self.run_id, self.run_dir / e["src"], e["src"], e.get("m") or {},
-                             e.get("step", 0), e.get("register"))
-        log.info("mlflow: logged the best model as models:/%s", model_id)
+                             e.get("step", 0), e.get("register"), name=periodic or "model", timestamp=e.get("t"),
+                             dataset=dataset)
+        log.info("mlflow: logged %s as models:/%s", f"checkpoints/{periodic}" if periodic else "the best model",
+                 model_id)
 
     def _do_inputs(self, e: dict[str, Any]) -> None:
         """The data splits as MLflow dataset inputs (name, source, digest; context training/validation)."""

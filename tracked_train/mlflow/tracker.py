@@ -22,6 +22,7 @@ import getpass
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracked_train")
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
+PERIODIC = re.compile(r"checkpoints/step-\d+")  # training.keep_checkpoints: each becomes a Logged Model
 FOLDER, PREVIOUS = "mlflow", "previous"
 
 
@@ -102,6 +104,8 @@ class MlflowTracker(Tracker):
         self._register: str | None = None  # tracking.register_model
         self._log_model = True  # tracking.log_model
         self._monitor: Any = None  # MLflow's system metrics monitor (tracking.system_metrics)
+        self._val: tuple[int, int, dict[str, float]] = (-1, 0, {})  # (step, time, metrics) of the last evaluation
+        self._val_split: dict[str, str] | None = None  # the validation dataset, as its metrics are linked to it
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
@@ -260,10 +264,15 @@ class MlflowTracker(Tracker):
             if not metrics:
                 return
         self._last_step = step
-        self.spool.append({"k": "metrics", "step": step, "t": _now_ms(), "m": metrics})
+        t = _now_ms()
+        self.spool.append({"k": "metrics", "step": step, "t": t, "m": metrics})
+        if any(k.startswith("val/") for k in metrics):
+            self._val = (step, t, {k: v for k, v in metrics.items() if k.startswith("val/")})
 
     def log_datasets(self, datasets: Sequence[DatasetInfo]) -> None:
         self.spool.append({"k": "inputs", "d": [asdict(d) for d in datasets]})
+        self._val_split = next(({"name": d.name, "digest": d.digest[:32]} for d in datasets
+                                if d.context == "validation"), None)  # as _do_inputs names it
 
     def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
         self._seq += 1
@@ -275,7 +284,25 @@ class MlflowTracker(Tracker):
         if old is not None:
             self.sender.discard(self.run_dir / old)
         self._uploads[artifact_path] = src
+        if self._log_model and PERIODIC.fullmatch(artifact_path):
+            self._periodic_model(Path(local_path), artifact_path, metadata or {})
         self.sender.wake()
+
+    def _periodic_model(self, folder: Path, artifact_path: str, metadata: dict[str, Any]) -> None:
+        """A kept periodic checkpoint (training.keep_checkpoints) as a Logged Model of its step, with the
+        validation metrics of that step linked to it and to the validation split."""
+        step = metadata.get("step")
+        if not isinstance(step, int):
+            return
+        val_step, t, val = self._val
+        self._seq += 1
+        src = Path(FOLDER) / "uploads" / f"{self._seq:06d}-{time.time_ns()}-model"
+        snapshot(folder, self.run_dir / src)
+        event = {"k": "model", "src": str(src), "step": step, "checkpoint": artifact_path.rsplit("/", 1)[1],
+                 "register": None}
+        if val_step == step and val:
+            event.update(m=val, t=t, dataset=self._val_split)
+        self.spool.append(event)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.spool.append({"k": "tags", "tags": {k: str(v)[:PARAM_MAX] for k, v in tags.items()}})
