@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,48 @@ def test_without_the_wandb_package_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` sees when it is not installed
     with pytest.raises(UserError, match="pip install wandb"):
         create("wandb").start(RunInfo("x", tmp_path, Config()))
+
+
+def test_kill_9_then_resume_leaves_every_step_of_metrics_jsonl_in_wandb_once(tmp_path):
+    """W&B's writer buffers: a kill -9 loses the last rows of the offline segment. The resumed run reads the
+    segment back (W&B's reader) and logs the steps it lacks from metrics.jsonl, in order, before new steps."""
+    from tracked_train.testing import wait_until
+
+    env = {**os.environ, **wandb_env(tmp_path / "home")}
+    args = sets("tracking.trackers=[jsonl, wandb]", "training.max_steps=80", "training.eval_every=5",
+                "training.checkpoint_every=20")
+    proc = subprocess.Popen([sys.executable, "-m", "tracked_train", "run", "--run-name", "killed", *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "killed"
+
+    def logged() -> list[int]:
+        try:
+            return [s for s, _ in metric_lines(run_dir)]
+        except (OSError, ValueError):  # not written yet, or a line being written
+            return []
+
+    def checkpoint() -> int:
+        try:
+            return json.loads((run_dir / "checkpoints" / "last" / "manifest.json").read_text())["step"]
+        except (OSError, ValueError):
+            return 0
+
+    wait_until(lambda: checkpoint() >= 20 and max(logged(), default=0) >= 23, "a checkpoint and 3 more steps",
+               300, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = max(logged())
+    assert checkpoint() < killed_at < 80
+    held = {h["item"]["step"] for h in of_type(wandb_records(run_dir), "history")}
+    lost = sorted(set(range(1, checkpoint() + 1)) - held)  # what only a replay can bring back
+
+    r = cli("resume", str(run_dir), cwd=tmp_path, env=wandb_env(tmp_path / "home"))
+    assert r.returncode == 0, r.stderr
+    assert len(sorted((run_dir / "wandb-files" / "wandb").glob("offline-run-*"))) == 2
+    recs = wandb_records(run_dir)
+    steps = [h["item"]["step"] for h in of_type(recs, "history")]
+    assert steps == list(range(1, 81)), f"lost by the kill: {lost}"  # each step once, in order
+    for key in ("train/loss", "train/tokens_seen", "train/lr", "val/loss", "val/nats_per_char"):
+        assert history(recs, key) == metric_lines(run_dir, key), key
+    if lost:
+        assert f"{len(lost)} steps ({lost[0]}-{lost[-1]})" in r.stderr and "logged again" in r.stderr, r.stderr

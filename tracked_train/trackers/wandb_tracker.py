@@ -10,11 +10,14 @@ W&B's metadata capture (command line, program, git state, code) is switched off.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UserError, describe
 from ..redact import redact
 from ..task import monitor_of
+from . import jsonl
 from .base import Outcome, RunInfo, Tracker
 from .snapshot import remove, snapshot
 
@@ -86,6 +90,8 @@ class WandbTracker(Tracker):
         tc, prev = run.config.tracking, run.resume_state or {}
         self._folder = (run.run_dir / FOLDER).resolve()  # absolute: `wandb sync` may run from anywhere
         self._folder.mkdir(parents=True, exist_ok=True)
+        # Offline, what the earlier segments' files hold (W&B's writer buffers: a kill -9 loses their last rows).
+        held = self._held_offline(prev.get("run_id")) if offline and run.continuing and not run.rewind else None
         settings = wandb.Settings(
             save_code=False, disable_code=True, disable_git=True, disable_job_creation=True,
             x_disable_meta=True,  # the metadata holds sys.argv, where --set may have put a secret
@@ -116,17 +122,56 @@ class WandbTracker(Tracker):
             r.define_metric("val/loss", step_metric="step", summary="min")
         # A resumed run: the checkpoint knows what it logged, the server may know more (a kill -9).
         # A rewound one holds nothing after its start step.
+        replay: list[tuple[dict[str, Any], int]] = []
         if run.rewind:
             self._last_step = self._skip_through = run.start_step
+        elif held is not None:  # the files say what W&B holds; the steps it lost come from metrics.jsonl
+            replay = _missing_rows(run.run_dir / jsonl.FILENAME, held, run.start_step)
+            self._last_step = self._skip_through = max(held, run.start_step)
         else:
             self._last_step = self._skip_through = max(int(prev.get("last_step") or 0), r.starting_step - 1, 0)
         self._uploader = _Uploader(r, artifact_name(run.name), offline)
         self._pump = _MetricPump(r)
+        for row in replay:  # in step order, before any new step
+            self._pump.put(row)
+        if replay:
+            log.info("wandb: %d steps (%d-%d) the killed process logged were not in W&B's files; logged again "
+                     "from %s", len(replay), replay[0][1], replay[-1][1], jsonl.FILENAME)
         if offline:  # `wandb sync` of the folder uploads every segment of a resumed run, in order
             log.info("wandb: offline run %s in %s; upload it with `wandb sync %s`", r.id, Path(r.dir).parent,
                      self._folder / "wandb")
         else:
             log.info("wandb: run %s (%s)", r.id, r.url)
+
+    def _held_offline(self, run_id: str | None) -> int | None:
+        """The highest step the earlier offline segments of ``run_id`` hold, read by W&B's own reader
+        (`wandb leet inspect`); None when there is none to read (then the checkpoint's last_step is trusted)."""
+        segments = sorted((self._folder / "wandb").glob("*run-*/run-*.wandb"))
+        if not run_id or not segments:
+            return None
+        exe = Path(sys.executable).with_name("wandb")
+        cmd = [str(exe)] if exe.exists() else [shutil.which("wandb") or "wandb"]
+        held = 0
+        for seg in segments:
+            try:
+                out = subprocess.run([*cmd, "leet", "inspect", "--json", str(seg)], capture_output=True, text=True,
+                                     timeout=120, check=True).stdout
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("wandb: could not read %s (%s); trusting the checkpoint's last step", seg, describe(e, 200))
+                return None
+            ours, steps = False, []
+            for line in out.splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("type") == "run":
+                    ours = rec["run"].get("run_id") == run_id
+                elif rec.get("type") == "history":
+                    steps.append(int(rec["history"].get("step", {}).get("num", 0)))
+            if ours:
+                held = max(held, *steps, 0)
+        return held
 
     @staticmethod
     def _continuation(run: RunInfo, run_id: str | None) -> dict[str, Any]:
@@ -217,6 +262,18 @@ class WandbTracker(Tracker):
             return {}
         return {"entity": self._run.entity, "project": self._run.project, "run_id": self._run.id,
                 "last_step": self._last_step}
+
+
+def _missing_rows(path: Path, after: int, through: int) -> list[tuple[dict[str, Any], int]]:
+    """metrics.jsonl's rows of the steps ``after`` < step <= ``through``, one per step (train and val merged)."""
+    if through <= after or not path.exists():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for key, points in jsonl.history(jsonl.read(path)).items():
+        for step, value in points:
+            if after < step <= through:
+                rows.setdefault(step, {"step": step})[key] = value
+    return [(rows[s], s) for s in sorted(rows)]
 
 
 class _MetricPump:
