@@ -4,7 +4,9 @@ Formats:
 
 - ``hf``: a Hugging Face ``transformers`` folder (``config.json``,
   ``model.safetensors``) that ``AutoModelForCausalLM.from_pretrained`` loads,
-  with our ``tokenizer.model`` beside it. The family follows the model's design
+  with a ``tokenizers`` tokenizer (``tokenizer.json``, see
+  :mod:`tracked_train.hf_tokenizer`) that ``AutoTokenizer`` loads and that
+  gives our ids, and our ``tokenizer.model`` beside it. The family follows the model's design
   (:data:`FAMILIES`): rotary positions, LayerNorm and SwiGLU (the default) are
   StableLM; with RMSNorm, Llama (Qwen3 with ``qk_norm``); learned positions,
   LayerNorm and GELU are GPT-2, whose full multi-head attention gets grouped-
@@ -14,12 +16,11 @@ Formats:
   are permuted to match, which computes the same function.
 - ``safetensors``: the three files of :mod:`tracked_train.inference`.
 
-The tokenizer stays SentencePiece: we encode each line on its own and join the
-lines with a newline piece, which no stock ``transformers`` tokenizer
-reproduces (they add SentencePiece's word-start marker only at the start of
-the text), so no HF tokenizer is written rather than one that encodes
-differently. ``tracked_train.inference.load_files`` or the recipe in
-docs/model.md encode exactly.
+We encode each line on its own and join the lines with a newline piece; the
+``tokenizer.json`` does the same (the newline is an added token, so the text
+between two is encoded on its own). Tokenizers of
+``tokenizer.model_type`` bpe (the default) and char export; unigram and word
+are refused, in one line, before anything is written.
 
 The folder is built beside ``--out`` and renamed into place: an export that
 fails leaves nothing.
@@ -52,6 +53,10 @@ def export(source: str, fmt: str, out: Path) -> Path:
     if not isinstance(model, GPT):
         raise UserError(f"{source} is a model of task {tok.cfg.task}, not tracked-train's language model: export "
                         "writes GPT weights only; load it with tracked_train.load or take checkpoints/best")
+    if fmt == "hf":
+        from .hf_tokenizer import check
+
+        check(tok.model_bytes)  # a tokenizer with no exact HF equivalent is refused before anything is written
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,8 @@ def write_hf(model: Any, tok: Any, folder: Path) -> None:
     import transformers
     from transformers.utils import logging as hf_logging
 
+    from .hf_tokenizer import write as write_tokenizer
+
     hf_logging.disable_progress_bar()
     config = hf_config(model, tok)
     hf = getattr(transformers, config.architectures[0])(config)
@@ -212,3 +219,4 @@ def write_hf(model: Any, tok: Any, folder: Path) -> None:
         hf.tie_weights()
     hf.save_pretrained(folder)
     (folder / "tokenizer.model").write_bytes(tok.model_bytes)
+    write_tokenizer(tok.model_bytes, folder)

@@ -3,6 +3,14 @@
 Text is handled line by line (SentencePiece splits its input into sentences at
 newlines), and lines are joined by a dedicated newline piece so that the model
 sees, and generates, line structure.
+
+Tokenizers trained since the Hugging Face export (cache key ``v2``) add no
+word-start marker (``▁``) before each line (``add_dummy_prefix=False``): a
+space is then a piece's own ``▁`` and decoding is plain concatenation, so a
+token's text does not depend on the tokens before it, which ``transformers``
+assumes when it decodes only the new tokens of a generation.
+A tokenizer from an earlier run keeps its marker: the model file carries it,
+and such runs encode, decode and generate as they always did.
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ class Tokenizer:
 
 def train_tokenizer(lines: Sequence[str], cfg: TokenizerConfig, data_hash: str) -> Tokenizer:
     """Train (or fetch from the cache) a tokenizer for ``lines``."""
-    key = hashlib.sha256(f"{data_hash}|{cfg.vocab_size}|{cfg.model_type}|v1".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{data_hash}|{cfg.vocab_size}|{cfg.model_type}|v2".encode()).hexdigest()[:24]
     cached = cache_dir() / "tokenizers" / f"{key}.model"
     if cached.exists():
         return Tokenizer(cached.read_bytes())
@@ -96,6 +104,7 @@ def train_tokenizer(lines: Sequence[str], cfg: TokenizerConfig, data_hash: str) 
             user_defined_symbols=[NEWLINE],
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
+            add_dummy_prefix=False,  # see the module's docstring
             split_digits=True,
             input_sentence_size=2_000_000,
             shuffle_input_sentence=True,
