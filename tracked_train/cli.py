@@ -160,8 +160,8 @@ def generate(source: str, prompt: str, max_new_tokens: int, temperature: float, 
 @main.command()
 @click.argument("source")
 @click.option("--format", "fmt", type=click.Choice(["hf", "safetensors"]), default="hf", show_default=True,
-              help="hf: a transformers folder (AutoModelForCausalLM, GPT-2); safetensors: weights, config.json "
-                   "and tokenizer.model.")
+              help="hf: a transformers folder (AutoModelForCausalLM, AutoTokenizer, pipeline); safetensors: "
+                   "weights, config.json and tokenizer.model.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New folder to write.")
 @_user_errors
 def export(source: str, fmt: str, out: Path) -> int:
