@@ -61,6 +61,7 @@ def test_best_val_bpb_is_the_best_steps_value_in_the_ending(multibyte_run):
     at = {r["step"]: r["val/bpb"] for r in recs if "val/bpb" in r}
     assert stop["best_step"] in at
     assert stop["best_val_bpb"] == pytest.approx(at[stop["best_step"]])
+    assert f"{at[stop['best_step']]:.3f} bits/byte) at step {stop['best_step']}" in result.stderr  # the summary
 
 
 def _run(name: str, vocab: str, val: list[float], per_char: list[float], bpb: list[float]):

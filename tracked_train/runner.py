@@ -289,6 +289,7 @@ def _train_and_end(parts) -> int:
         detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {describe(e)}"
         trackers.finish(Outcome(Stop(StopReason.FAILED, detail, parts.st.step)))
         return 1
+    outcome = trackers.with_best_bpb(outcome)
     _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)
     return outcome.stop.exit_code
@@ -306,8 +307,9 @@ def _summary(parts, o: Outcome) -> None:
             from .corpus import entropy_rate
 
             floor = f"; the corpus floor is {entropy_rate():.3f}"
-        log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s) at step %s", o.best_val_loss,
-                 safe_exp(o.best_val_loss), o.best_val_nats_per_char, floor, o.best_step)
+        bpb = "" if o.best_val_bpb is None else f", {o.best_val_bpb:.3f} bits/byte"
+        log.info("best val loss %.4f (perplexity %.2f, %.3f nats/char%s%s) at step %s", o.best_val_loss,
+                 safe_exp(o.best_val_loss), o.best_val_nats_per_char, bpb, floor, o.best_step)
     elif o.best_value is not None:
         log.info("best %s %.4g (%s) at step %s", o.monitor, o.best_value, o.mode, o.best_step)
     log.info("time: %s in this process, %s of training in all", fmt_duration(_process_seconds()),

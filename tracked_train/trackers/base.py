@@ -255,9 +255,9 @@ class Trackers:
         self._each("log_datasets", datasets)
 
     def finish(self, outcome: Outcome) -> None:
-        self._each("finish", self._with_best_bpb(outcome))
+        self._each("finish", self.with_best_bpb(outcome))
 
-    def _with_best_bpb(self, outcome: Outcome) -> Outcome:
+    def with_best_bpb(self, outcome: Outcome) -> Outcome:
         """The outcome with val/bpb at its best step: logged by this process, else by an earlier segment."""
         step = outcome.best_step
         if outcome.best_val_bpb is not None or step is None:
