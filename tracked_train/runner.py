@@ -289,7 +289,6 @@ def _train_and_end(parts) -> int:
         detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {describe(e)}"
         trackers.finish(Outcome(Stop(StopReason.FAILED, detail, parts.st.step)))
         return 1
-    outcome = trackers.with_best_bpb(outcome)
     _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)
     return outcome.stop.exit_code

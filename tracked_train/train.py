@@ -525,4 +525,5 @@ def _outcome(p: Parts, stop: Stop) -> Outcome:
     m = p.stopper.monitor
     best = p.st.best_metrics
     return Outcome(stop, m.best_step, best.get("val/loss"), initial, final, drop, word, best.get("val/nats_per_char"),
-                   monitor=m.metric, mode=m.mode, best_value=m.best if m.has_best else None)
+                   monitor=m.metric, mode=m.mode, best_value=m.best if m.has_best else None,
+                   best_val_bpb=best.get("val/bpb"))  # the evaluation that made `best`: in every checkpoint

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from ..early_stopping import Stop
 
 log = logging.getLogger("tracked_train")
-BPB = "val/bpb"  # bits per UTF-8 byte of the validation text (the language model's; comparable across tokenizers)
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Outcome:
     mode: str = "min"
     best_value: float | None = None  # the monitor's best value (at best_step)
     ended_at: float | None = None  # epoch seconds: set when an ending is replayed from its stop record (else: now)
-    best_val_bpb: float | None = None  # val/bpb at best_step (Trackers.finish fills it from the logged metrics)
+    best_val_bpb: float | None = None  # val/bpb at best_step (bits per UTF-8 byte: comparable across tokenizers)
 
     def best_metrics(self) -> dict[str, float]:
         """The best checkpoint's values, as metrics a tracker can filter and sort runs by."""
@@ -201,8 +200,6 @@ class Trackers:
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
         self._warned: set[str] = set()
-        self._run_dir: Path | None = None
-        self._bpb: dict[int, float] = {}  # val/bpb by step, for the ending's best/val_bpb
 
     @classmethod
     def from_specs(cls, specs: tuple[str, ...] | list[str]) -> Trackers:
@@ -224,7 +221,6 @@ class Trackers:
                                 t.name, method, e)
 
     def start(self, run: RunInfo) -> None:
-        self._run_dir = run.run_dir
         started = []
         for t in self.trackers:
             state = (run.resume_state or {}).get(t.name)
@@ -241,8 +237,6 @@ class Trackers:
             t.log_params(params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if BPB in metrics:
-            self._bpb[step] = metrics[BPB]
         self._each("log_metrics", metrics, step)
 
     def log_artifact(self, local_path: Path, artifact_path: str, metadata: dict[str, Any] | None = None) -> None:
@@ -255,21 +249,7 @@ class Trackers:
         self._each("log_datasets", datasets)
 
     def finish(self, outcome: Outcome) -> None:
-        self._each("finish", self.with_best_bpb(outcome))
-
-    def with_best_bpb(self, outcome: Outcome) -> Outcome:
-        """The outcome with val/bpb at its best step: logged by this process, else by an earlier segment."""
-        step = outcome.best_step
-        if outcome.best_val_bpb is not None or step is None:
-            return outcome
-        value = self._bpb.get(step)
-        if value is None and self._run_dir is not None:
-            from . import jsonl
-
-            path = self._run_dir / jsonl.FILENAME
-            if path.exists():
-                value = dict(jsonl.history(jsonl.read(path)).get(BPB, [])).get(step)
-        return outcome if value is None else replace(outcome, best_val_bpb=value)
+        self._each("finish", outcome)
 
     def abort(self) -> None:
         self._each("abort")
