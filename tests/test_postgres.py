@@ -4,9 +4,9 @@ separate processes.
 
 One sweep runs through the module. Workers A and B each have their own working and output folder, as on two
 machines (A finds its password in PGPASSWORD, B in a password file, as ~/.pgpass), and share a 6-trial study in
-PostgreSQL; their runs go to the MLflow server. While both train, the database is stopped, and started again
-once a worker says it is waiting for it. Then A is killed with SIGKILL in the middle of its second trial and its
-folder taken away (its machine is lost): B fails that trial, runs its params again and finishes the study.
+PostgreSQL; their runs go to the MLflow server. A is caught in the middle of a trial and killed with SIGKILL,
+its folder taken away (its machine is lost); then, while B trains, the database is stopped, and started again
+once B says it is waiting for it. B fails A's trial, runs its params again and finishes the study.
 """
 
 from __future__ import annotations
@@ -111,6 +111,22 @@ def mid_trial(tmp: Path, name: str) -> bool:
     return any("train/loss" in r for r in rows) and not any(r.get("event") == "stop" for r in rows)
 
 
+def freeze_mid_trial(proc: subprocess.Popen, tmp: Path, name: str) -> None:
+    """SIGSTOP the worker while :func:`mid_trial` holds for it (checked again once it is stopped)."""
+    while True:
+        wait_until(lambda: mid_trial(tmp, name), f"{name} to train a trial", 300, proc)
+        proc.send_signal(signal.SIGSTOP)
+        wait_until(lambda: _state(proc.pid) == "T", f"{name} to stop", 60, proc)
+        if mid_trial(tmp, name):
+            return
+        proc.send_signal(signal.SIGCONT)  # it ended the trial between the look and the signal: catch the next
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -137,9 +153,12 @@ def pg_sweep(pg, pg_mlflow, tmp_path_factory):
     a = machine(tmp, "a", pg, pg_mlflow, {"PGPASSWORD": PASSWORD})
     b = machine(tmp, "b", pg, pg_mlflow, {"PGPASSFILE": str(pgpass)})
     try:
-        # Both train a trial; A is killed in the middle of its trial and its machine is gone with its folder.
-        # (Killed before the outage, not after: after it, A could find the study finished by B and exit first.)
-        wait_until(lambda: mid_trial(tmp, "a") and mid_trial(tmp, "b"), "both workers to train a trial", 300, a)
+        # A is caught in the middle of a trial and frozen there (a tiny trial trains in well under a second, so
+        # waiting for both workers to be mid-trial at once is a race a fast machine loses); once B has started a
+        # trial, A is killed and its machine is gone with its folder. (Killed before the outage, not after:
+        # after it, A could find the study finished by B and exit first.)
+        freeze_mid_trial(a, tmp, "a")
+        wait_until(lambda: latest_trial(tmp, "b") is not None, "B to start a trial", 300, b)
         a.send_signal(signal.SIGKILL)
         assert a.wait() == -signal.SIGKILL
         killed = latest_trial(tmp, "a")

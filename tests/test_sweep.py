@@ -291,3 +291,29 @@ def test_run_takes_positional_overrides(tmp_path):
     assert "lr: 0.02" in r.stdout and "d_model: 96" in r.stdout  # --set after positional wins
     r = cli("run", "--print-config", "training.lr", cwd=tmp_path)
     assert r.returncode == 2 and "overrides are KEY=VALUE" in r.stderr
+
+
+def test_a_query_failing_inside_a_transaction_the_server_dropped_counts_as_the_outage():
+    # Seen with PostgreSQL restarting: Optuna's trial query catches the dropped connection and tries a second
+    # query in the same transaction, whose PendingRollbackError carries the OperationalError as its context only.
+    import optuna
+    from sqlalchemy import exc
+
+    from tracked_train.sweep.study import lost_connection
+
+    dropped = exc.OperationalError("SELECT 1", {}, Exception("terminating connection due to administrator command"))
+    try:
+        try:
+            raise dropped
+        except exc.OperationalError:
+            try:
+                raise exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
+            except exc.SQLAlchemyError as pending:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit") from pending
+    except optuna.exceptions.StorageInternalError as e:
+        assert lost_connection(e) is dropped
+    # A bad commit with no connection lost behind it is not waited for.
+    try:
+        raise optuna.exceptions.StorageInternalError("commit") from exc.DataError("INSERT", {}, Exception("too long"))
+    except optuna.exceptions.StorageInternalError as e:
+        assert lost_connection(e) is None

@@ -107,7 +107,10 @@ def lost_connection(e: BaseException | None) -> BaseException | None:
             return None
         if isinstance(e, exc.OperationalError) or (isinstance(e, exc.DBAPIError) and e.connection_invalidated):
             return e
-        e = e.__cause__
+        # Raised *while handling* the lost connection, not from it: Optuna's trial query catches the failure and
+        # falls back to a second query in the same, now invalid, transaction (PendingRollbackError, whose
+        # context is the OperationalError). The session is rolled back on the way out, so a new call can work.
+        e = e.__cause__ or e.__context__
     return None
 
 
