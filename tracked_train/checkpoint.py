@@ -238,7 +238,7 @@ def load_weights(model: Any, weights: dict[str, Any], where: Path | str = "the c
 def restore_task(state: dict[str, Any], where: Path | str = "the checkpoint") -> tuple[Any, Any]:
     """(model in eval mode, task) of a :func:`load`-ed state: the task its config names, its model, its weights."""
     from . import task as tasks
-    from .train import build_model
+    from .task import build_model
 
     task = tasks.create(config_of(state, where))
     task.load_state(state["task_state"])

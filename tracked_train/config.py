@@ -15,7 +15,6 @@ import dataclasses
 import difflib
 import math
 import os
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .typed_values import coerce
 
 ENV_PREFIX = "TRACKED_TRAIN_"
 # The TRACKED_TRAIN_* variables the package reads that are not config keys. Every other one must
@@ -265,99 +265,6 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _describe(inner[0]) + " or empty"
-    if origin is tuple:
-        return "a list of numbers" if args and args[0] in (int, float) else "a list of strings"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
-
-
-def _number(text: str) -> Any:
-    """``"16"`` -> 16, ``"1e-3"`` -> 0.001; anything else stays text (and fails the number check)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) -> Any:
-    """Check ``value`` against the field's type and range; return the typed value."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    given = value
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"{source}: {key}={given!r} is invalid: {why}")
-
-    if origin in (typing.Union, types.UnionType):  # Optional[X]
-        if value is None or value == "":
-            return None
-        inner = next(a for a in args if a is not type(None))
-        return _coerce(key, value, inner, meta, source)
-    if value is None:
-        raise bad(f"expected {_describe(tp)}, and this key cannot be empty")
-    if origin is Literal:
-        if value not in args:
-            raise bad(f"expected {_describe(tp)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            items = [v.strip() for v in value.split(",")] if value.strip() else []
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise bad("expected a list of strings, e.g. [a.txt, b.txt] or a.txt,b.txt")
-        if not all(isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in items):
-            raise bad("expected a list of strings")
-        item = args[0] if args and args[0] is not Ellipsis else str
-        if item in (int, float):  # a task's tuple[int, ...] setting: each item checked like a number key
-            return tuple(_coerce(f"{key}[{n}]", i if not isinstance(i, str) else _number(i), item, {}, source)
-                         for n, i in enumerate(items))
-        return tuple(str(i) for i in items)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad("expected true or false")
-        return value
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise bad("expected a string")
-        return str(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise bad("expected an integer")
-    elif tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad("expected a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("expected a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise bad("expected a finite number")
-    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
-    if lo is not None and (value < lo or (lo_open and value == lo)) or hi is not None and value > hi:
-        left = "(" if lo_open else "["
-        lo_s, hi_s = (str(b) if isinstance(b, int) and abs(b) > 10**6 else f"{b:g}" if b is not None else ""
-                      for b in (lo, hi))  # 2^63 - 1 in full, not 9.22337e+18
-        if hi is None:
-            raise bad(f"must be {'over' if lo_open else 'at least'} {lo_s}")
-        if lo is None:
-            raise bad(f"must be at most {hi_s}")
-        raise bad(f"allowed range is {left}{lo_s}, {hi_s}]")
-    return value
-
-
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``"training.lr=3e-4"`` -> ``("training.lr", 0.0003)``; values parse as YAML scalars."""
     import yaml
@@ -498,7 +405,7 @@ def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = Non
             if key not in FIELDS:
                 raise _unknown_key(key)
             tp, f = FIELDS[key]
-            values[key] = _coerce(key, value, tp, f.metadata, source)
+            values[key] = coerce(key, value, tp, f.metadata, source)
     base = base or Config()
     spec = values.get("task", base.task)
     if not spec.strip():

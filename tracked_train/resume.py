@@ -180,7 +180,7 @@ def check_weights(cfg: config.Config, state: dict[str, Any], where: Path) -> Non
     import torch
 
     from . import task as tasks
-    from .train import build_model
+    from .task import build_model
 
     task = tasks.create(cfg)
     task.load_state(state["task_state"])

@@ -220,7 +220,7 @@ def source_file(spec: str) -> Path | None:
 
 def coerce_settings(spec: str, values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Validate ``task_args`` against the task's Settings: typed values, or one-line ConfigErrors."""
-    from .config import _coerce
+    from .typed_values import coerce
 
     s = settings_type(load_class(spec))
     hints = typing.get_type_hints(s)
@@ -233,7 +233,7 @@ def coerce_settings(spec: str, values: Mapping[str, Any], sources: Mapping[str, 
                     f"; its settings are {', '.join(fields) or 'none'}")
             raise ConfigError(f"unknown task setting 'task_args.{name}' for task {spec}{hint}")
         source = (sources or {}).get(name, "config")
-        out[name] = _coerce(f"task_args.{name}", value, hints[name], fields[name].metadata, source)
+        out[name] = coerce(f"task_args.{name}", value, hints[name], fields[name].metadata, source)
     return out
 
 
@@ -255,6 +255,21 @@ def defaults(spec: str) -> dict[str, Any]:
 
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+def build_model(task: Task) -> Any:
+    """The task's model (a ``torch.nn.Module``); a task whose build fails is bad input (one line), not a crash."""
+    import torch
+
+    try:
+        model = task.build_model()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: name it and its error in one line
+        raise UserError(f"task {task.cfg.task}: build_model failed: {type(e).__name__}: {describe(e)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"task {task.cfg.task}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def create(cfg: Config) -> Task:

@@ -29,10 +29,10 @@ from . import checkpoint, distributed, early_stopping, schedule
 from .config import Config, TrainingConfig
 from .console import Progress, peak_tflops
 from .early_stopping import Facts, Judge, Stop, Stopper, StopReason, TimeBudget, verdict
-from .errors import UserError, describe
+from .errors import UserError
 from .interrupts import Interrupts
 from .model import hidden_matrices, param_groups
-from .task import Loss, Task, monitor_of
+from .task import Loss, Task, build_model, monitor_of
 from .trackers import Outcome, Trackers
 
 log = logging.getLogger("tracked_train")
@@ -271,19 +271,6 @@ def build(cfg: Config, run_dir: Path, task: Task, trackers: Trackers, state: dic
             rng = state["rng_per_rank"][dist.rank]
         _set_rng_state(rng)  # last, so nothing above consumes the restored streams
     return Parts(cfg, run_dir, task, model, forward, opts, scaler, stopper, trackers, device, amp, st)
-
-
-def build_model(task: Task) -> torch.nn.Module:
-    """The task's model; a task whose build fails is bad input (one line), not a crash."""
-    try:
-        model = task.build_model()
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's code: name it and its error in one line
-        raise UserError(f"task {task.cfg.task}: build_model failed: {type(e).__name__}: {describe(e)}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise UserError(f"task {task.cfg.task}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
 
 
 def make_stopper(cfg: Config, run_dir: Path | str = "RUN_DIR", judge: Judge | None = None) -> Stopper:

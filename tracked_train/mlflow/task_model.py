@@ -86,8 +86,7 @@ def _load(path: str) -> tuple[Any, Any]:
 
     from tracked_train.checkpoint import load_weights
     from tracked_train.config import from_dict
-    from tracked_train.task import create
-    from tracked_train.train import build_model
+    from tracked_train.task import build_model, create
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     task = create(from_dict(state["config"], "the MLflow model"))

@@ -152,6 +152,7 @@ _BUILTIN: dict[str, str] = {
     "wandb": "tracked_train.trackers.wandb_tracker:WandbTracker",
     "webhook": "tracked_train.trackers.webhook:WebhookTracker",
     "tensorboard": "tracked_train.trackers.tensorboard_tracker:TensorboardTracker",
+    "trackio": "tracked_train.trackers.trackio_tracker:TrackioTracker",
 }
 _REGISTERED: dict[str, Callable[..., Tracker]] = {}
 ENTRY_POINT_GROUP = "tracked_train.trackers"

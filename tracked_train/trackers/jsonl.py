@@ -63,6 +63,19 @@ def history(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v.items()) for k, v in by_step.items()}
 
 
+def rows_between(path: Path, after: int, through: int) -> list[dict[str, Any]]:
+    """The metrics at steps ``after`` < step <= ``through``, one row ``{"step": N, name: value...}`` per step (a
+    step's train and val metrics merged), in step order: what a backend that lost them after a kill -9 replays."""
+    if through <= after or not Path(path).exists():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for key, points in history(read(path)).items():
+        for step, value in points:
+            if after < step <= through:
+                rows.setdefault(step, {"step": step})[key] = value
+    return [rows[s] for s in sorted(rows)]
+
+
 def last_stop(records: list[dict]) -> dict | None:
     """The stop event of the last segment (a resumed run has several); None while it runs."""
     stop = None

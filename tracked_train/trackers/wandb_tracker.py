@@ -126,7 +126,8 @@ class WandbTracker(Tracker):
         if run.rewind:
             self._last_step = self._skip_through = run.start_step
         elif held is not None:  # the files say what W&B holds; the steps it lost come from metrics.jsonl
-            replay = _missing_rows(run.run_dir / jsonl.FILENAME, held, run.start_step)
+            replay = [(row, row["step"]) for row in jsonl.rows_between(run.run_dir / jsonl.FILENAME, held,
+                                                                          run.start_step)]
             self._last_step = self._skip_through = max(held, run.start_step)
         else:
             self._last_step = self._skip_through = max(int(prev.get("last_step") or 0), r.starting_step - 1, 0)
@@ -262,18 +263,6 @@ class WandbTracker(Tracker):
             return {}
         return {"entity": self._run.entity, "project": self._run.project, "run_id": self._run.id,
                 "last_step": self._last_step}
-
-
-def _missing_rows(path: Path, after: int, through: int) -> list[tuple[dict[str, Any], int]]:
-    """metrics.jsonl's rows of the steps ``after`` < step <= ``through``, one per step (train and val merged)."""
-    if through <= after or not path.exists():
-        return []
-    rows: dict[int, dict[str, Any]] = {}
-    for key, points in jsonl.history(jsonl.read(path)).items():
-        for step, value in points:
-            if after < step <= through:
-                rows.setdefault(step, {"step": step})[key] = value
-    return [(rows[s], s) for s in sorted(rows)]
 
 
 class _MetricPump:
