@@ -283,6 +283,80 @@ def test_sync_to_a_server_that_lost_the_run_acknowledges_nothing_then_delivers(m
     assert dict(server_losses(client, run.info.run_id)) == dict(metric_lines(run_dir))
 
 
+def _delivered(run_dir: Path) -> int:
+    return json.loads((run_dir / "mlflow" / "state.json").read_text()).get("delivered", 0)
+
+
+def _mark_in(db: Path, run_id: str) -> int:
+    """The delivery mark a copy of the server's database holds for the run (its tracked_train.delivered tag)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        row = con.execute("SELECT value FROM tags WHERE run_uuid = ? AND key = 'tracked_train.delivered'",
+                          (run_id,)).fetchone()
+    return int(row[0])
+
+
+def test_a_server_restored_from_an_older_backup_gets_nothing_until_the_right_database_is_back(own_server,
+                                                                                            tmp_path):
+    """The database behind the URL is swapped for a backup taken earlier in the run: the run exists there but
+    lacks events the server acknowledged. Nothing more goes to it (training goes on), `resume` and `sync` refuse
+    it in one line; once the right database is back, `sync` delivers everything, each step once."""
+    import sqlite3
+
+    server = own_server
+    if server.proc is None:
+        server.start()
+    proc = start(tmp_path, "run", "--run-name", "restored", *mlflow_sets(server.uri, *LONG),
+                 env={"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "1", "TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S": "0.2"})
+    run_dir = tmp_path / "runs" / "restored"
+    client = server.client()
+
+    def on_server() -> int:
+        run_id = (run_dir / "mlflow" / "state.json").exists() and run_id_of(run_dir)
+        return max((s for s, _ in server_losses(client, run_id)), default=0) if run_id else 0
+
+    wait_until(lambda: on_server() >= 3 and _delivered(run_dir) > 0, "steps on the server", proc=proc)
+    backup, real = tmp_path / "backup.db", tmp_path / "real.db"
+    with sqlite3.connect(server.root / "mlflow.db") as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)  # a consistent copy of the live database: the "older backup"
+    run_id = run_id_of(run_dir)
+    mark = _mark_in(backup, run_id)
+    wait_until(lambda: _delivered(run_dir) > mark, "more events acknowledged after the backup", proc=proc)
+    server.stop()
+    (server.root / "mlflow.db").rename(real)
+    (server.root / "mlflow.db").write_bytes(backup.read_bytes())  # restored from the backup, same address
+    server.start()
+    swapped_at = last_step(run_dir)
+    wait_until(lambda: last_step(run_dir) >= swapped_at + 30, "training on after the swap", proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "holds fewer of this run's events than it acknowledged" in err, err[-3000:]
+    held = client.get_run(run_id)
+    assert int(held.data.tags["tracked_train.delivered"]) == mark  # it received nothing more
+    assert dict(server_losses(client, run_id)).items() <= dict(metric_lines(run_dir)).items()
+    assert 3 <= max(s for s, _ in server_losses(client, run_id)) < swapped_at
+
+    acked = json.loads((run_dir / "mlflow" / "state.json").read_text())["acked"]
+    r = cli("sync", str(run_dir), cwd=tmp_path)
+    assert r.returncode == 1 and "holds fewer of this run's events" in r.stderr, r.stdout + r.stderr
+    r = cli("resume", str(run_dir), cwd=tmp_path)
+    assert_one_clean_line(r, "holds fewer of this run's events")
+    assert json.loads((run_dir / "mlflow" / "state.json").read_text())["acked"] == acked  # nothing marked sent
+    assert int(client.get_run(run_id).data.tags["tracked_train.delivered"]) == mark
+
+    server.stop()  # the right database back
+    (server.root / "mlflow.db").unlink()
+    real.rename(server.root / "mlflow.db")
+    server.start()
+    r = cli("sync", str(run_dir), cwd=tmp_path)
+    assert r.returncode == 0 and "everything is on the server" in r.stdout, r.stdout + r.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
+    assert server_losses(client, run_id) == sorted(metric_lines(run_dir))  # every step once
+
+
 def test_an_inexact_resume_leaves_mlflow_wandb_and_jsonl_agreeing_at_every_step(mlflow_server, tmp_path):
     from test_wandb import history, wandb_env, wandb_records
 

@@ -12,6 +12,14 @@ What happens to an event the server does not take depends on why:
 
 Acknowledgements follow delivery: each group of events is acknowledged only
 after the server accepted it.
+
+The server must be the one that acknowledged: each batch also sets the run's
+``tracked_train.delivered`` tag to the spool offset it reaches, and the spool
+records the last one accepted. Before the first batch, and again after any
+failure to reach the server, the tag is read back: a server holding a lower
+mark lost events it had accepted (its database was restored from an older
+backup, or another one answers at the address) and is :class:`Blocked`, so it
+never gets the rest of the run with a hole in it.
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ FIELDS = {"metrics": ("step", "t", "m"), "params": ("p",), "tags": ("tags",), "a
 OPTIONAL = {"model": ("step", "m", "register", "checkpoint", "t", "dataset")}
 SPLIT_FIELDS = (("context", str), ("name", str), ("source_type", str), ("source", str), ("digest", str),
                 ("lines", int), ("chars", int))  # data.DatasetInfo, as an inputs event carries it
-BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
+BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 99}  # MLflow's log_batch limits
+# The spool offset a run's server has accepted events through (see the module's docstring).
+MARK_TAG = "tracked_train.delivered"
 
 
 def check_event(e: dict[str, Any]) -> None:
@@ -73,6 +83,7 @@ class MlflowSink:
         self.uri, self.run_dir, self.spool = uri, Path(run_dir), spool
         self.experiment = experiment or spool.state.get("experiment") or "tracked-train"
         self.client: Any = None
+        self._verified = False  # the server was checked to hold what it acknowledged, since the last failure
 
     @property
     def where(self) -> str:
@@ -91,6 +102,10 @@ class MlflowSink:
     # -- a batch --------------------------------------------------------------------------------
     def __call__(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
         self.connect()
+        if not self._verified:
+            self._run_missing()  # gone or deleted there: Blocked, with what to do
+            check_holds(self.client, self.run_id, self.spool.state.get("delivered", 0), self.where, self.run_dir)
+            self._verified = True
         group: list[tuple[int, dict[str, Any]]] = []  # consecutive metrics/params/tags: one log_batch
         size = dict.fromkeys(BATCH_LIMITS, 0)
         for offset, e in batch:
@@ -127,14 +142,21 @@ class MlflowSink:
     def _send_group(self, group: list[tuple[int, dict[str, Any]]]) -> None:
         if not group:
             return
-        events = [e for _, e in group]
-        if self._deliver("log_batch", lambda: self._log_batch(events), events, reject=False):
-            self.spool.ack(group[-1][0])
+        events, mark = [e for _, e in group], group[-1][0]
+        if self._deliver("log_batch", lambda: self._log_batch(events, mark), events, reject=False):
+            self._delivered(mark)
             return
         # Refused as a whole: find the events the server refuses, deliver the others.
         for offset, e in group:
-            self._deliver("log_batch", lambda e=e: self._log_batch([e]), [e])
-            self.spool.ack(offset)
+            if self._deliver("log_batch", lambda e=e, offset=offset: self._log_batch([e], offset), [e]):
+                self._delivered(offset)
+            else:
+                self.spool.ack(offset)
+
+    def _delivered(self, offset: int) -> None:
+        """Accepted through ``offset``, the server's mark now says so too."""
+        self.spool.save_state(delivered=offset)
+        self.spool.ack(offset)
 
     def _deliver(self, what: str, op: Callable[[], None], events: list[dict[str, Any]], reject: bool = True) -> bool:
         """Run ``op``: True when the server took it; a refusal of these events is rejected (or returned False)."""
@@ -144,6 +166,8 @@ class MlflowSink:
         except (Blocked, BadEvent):
             raise
         except Exception as e:  # noqa: BLE001 - sorted below: retry, stop sending, or set aside
+            if is_transient(e):
+                self._verified = False  # it may come back with another database
             if is_transient(e) or self._run_missing() or status_of(e) in (401, 403):
                 if status_of(e) in (401, 403):
                     raise Blocked(f"MLflow at {self.where} refuses us ({describe(e)}); check "
@@ -178,10 +202,10 @@ class MlflowSink:
         return False
 
     # -- event kinds ----------------------------------------------------------------------------------
-    def _log_batch(self, events: list[dict[str, Any]]) -> None:
+    def _log_batch(self, events: list[dict[str, Any]], mark: int) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        metrics, params, tags = [], [], []
+        metrics, params, tags = [], [], [RunTag(MARK_TAG, str(mark))]  # in the same request: accepted together
         for e in events:
             if e["k"] == "metrics":
                 metrics += [Metric(k, float(v), e["t"], e["step"]) for k, v in e["m"].items()]
@@ -303,6 +327,24 @@ class MlflowSink:
     def _do_end(self, e: dict[str, Any]) -> None:
         self._require_run()
         self.client.set_terminated(self.run_id, e["status"], end_time=e["t"])
+
+
+def check_holds(client: Any, run_id: str | None, delivered: int, where: str, run_dir: Path) -> None:
+    """Raise :class:`Blocked` when the server's copy of run ``run_id`` holds fewer of its events than a server
+    at this address accepted (``delivered``, the spool offset recorded after each accepted batch)."""
+    if not run_id or not delivered:
+        return  # nothing accepted yet (or a spool from before the mark): nothing to compare
+    tags = client.get_run(run_id).data.tags
+    try:
+        held = int(tags.get(MARK_TAG, 0))
+    except ValueError:
+        held = 0
+    if held < delivered:
+        raise Blocked(f"the MLflow server at {where} holds fewer of this run's events than it acknowledged "
+                      f"(run {run_id} is marked delivered through spool byte {held}, not {delivered}): its "
+                      "database was restored from an older backup, or another server answers there. Nothing more "
+                      "is sent to it; with the server that holds the run back at MLFLOW_TRACKING_URI, run "
+                      f"`tracked-train sync {run_dir}`")
 
 
 def _line(e: Any) -> str:

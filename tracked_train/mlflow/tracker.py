@@ -37,7 +37,7 @@ from ..trackers.snapshot import snapshot
 from ..trackers.spool import QUARANTINE, REJECTED, SPOOL, STATE, Blocked, Sender, Spool
 from . import system_metrics
 from .client import DEFAULT_URI, tracking_uri
-from .sink import MlflowSink
+from .sink import MlflowSink, check_holds
 from .store import local_store_path
 
 if TYPE_CHECKING:
@@ -219,6 +219,9 @@ class MlflowTracker(Tracker):
         if info.lifecycle_stage == "deleted":
             raise UserError(f"MLflow run {self.run_id} is deleted at {strip_userinfo(client.tracking_uri)}; "
                             f"restore it (`mlflow runs restore --run-id {self.run_id}`) or resume with --fork")
+        # Before anything is written to it: a server that lost events it accepted gets none of this run's.
+        check_holds(client, self.run_id, self.spool.state.get("delivered", 0), strip_userinfo(client.tracking_uri),
+                    self.run_dir)
         self._status_before = "KILLED" if info.status == "RUNNING" else info.status
         if info.status == "RUNNING":
             log.warning("mlflow: run %s was left RUNNING (its process was killed); marking it KILLED, then "
