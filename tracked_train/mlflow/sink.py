@@ -155,8 +155,7 @@ class MlflowSink:
 
     def _delivered(self, offset: int) -> None:
         """Accepted through ``offset``, the server's mark now says so too."""
-        self.spool.save_state(delivered=offset)
-        self.spool.ack(offset)
+        self.spool.save_state(delivered=offset, acked=max(offset, self.spool.state["acked"]))  # one write
 
     def _deliver(self, what: str, op: Callable[[], None], events: list[dict[str, Any]], reject: bool = True) -> bool:
         """Run ``op``: True when the server took it; a refusal of these events is rejected (or returned False)."""
