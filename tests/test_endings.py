@@ -16,7 +16,10 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from conftest import SIDE_BY_SIDE, cli, records, sets
+
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 
 
 class HeldStop:

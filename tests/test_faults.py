@@ -21,6 +21,8 @@ from conftest import SHAKESPEARE, cli, metric_lines, records, sets, wait_until
 
 from tracked_train.testing import MlflowServer
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 
 def mlflow_sets(uri: str, *extra: str) -> list[str]:
     return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={uri}", "tracking.experiment=faults",

@@ -19,6 +19,8 @@ from tracked_train.corpus import generate_lines
 from tracked_train.errors import UserError
 from tracked_train.tokenizer import Tokenizer, train_tokenizer
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 # Line breaks (a first empty line, blank lines, a last one), repeated and leading spaces, a tab, digits, accents,
 # characters the tokenizer never saw (byte fallback), and control pieces' names as plain text.
 TEXT = "\nROMEO:\nWhat  say   you,\tJüliet? 1234\n\n  日本語 🙂 <s> </s> <unk> <0x41>\n   \nend\n"

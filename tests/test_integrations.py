@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import records
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "your-loop.md"
 EXPERIMENT = "integrations"
 HOOK = '''

@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import cli, free_port, metric_lines, records, sets, wait_until
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 SECRET = "canary-s3cr3t-4821"
 
 

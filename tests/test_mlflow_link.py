@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import cli, sets
 
 from tracked_train.mlflow.tracker import ui_link
+
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 
 SECRET = "canary-l1nk-5513"
 LINK = re.compile(r"mlflow: view it at (\S+)")

@@ -32,7 +32,8 @@ def _missing() -> list[str]:
     return missing
 
 
-pytestmark = pytest.mark.skipif(bool(_missing()), reason=f"browser test needs {' and '.join(_missing())}")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(_missing()), reason=f"browser test needs {' and '.join(_missing())}")]
 
 
 @pytest.fixture(scope="module")

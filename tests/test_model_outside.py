@@ -22,6 +22,8 @@ from conftest import SIDE_BY_SIDE, cli, free_port, records, sets, wait_until
 
 import tracked_train
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 REGISTERED = "tiny-shakespeare-ish"
 
 

@@ -17,6 +17,8 @@ from conftest import SIDE_BY_SIDE, cli, metric_lines, sets, wait_until
 from tracked_train.errors import CheckpointError
 from tracked_train.mlflow.store import _safe_join
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 SLOW = ("model.d_model=128", "training.max_steps=160", "training.checkpoint_every=20", "training.eval_every=100",
         "model.dropout=0.1", "training.precision=fp32")
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import SHAKESPEARE, SIDE_BY_SIDE, cli, metric_lines, records, sets, wait_until
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 METRICS = {"train/loss", "train/lr", "train/perplexity", "train/grad_norm", "train/tokens_per_sec",
            "train/tokens_seen"}
 

@@ -80,6 +80,7 @@ def _lrs(run_dir) -> list[tuple[int, float]]:
     return metric_lines(run_dir, "train/lr")
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_ends_at_the_budget_with_the_lr_decayed(tmp_path):
     done = cli("run", "--run-name", "b", *sets(*BUDGETED, "training.time_budget_s=6"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -91,6 +92,7 @@ def test_a_budgeted_run_ends_at_the_budget_with_the_lr_decayed(tmp_path):
     assert lrs[-1][0] < 1000000
 
 
+@pytest.mark.slow
 def test_a_killed_budgeted_run_resumes_its_plan(tmp_path):
     """kill -9 mid-budget, resume: the same plan continues (no LR jump) and the run ends decayed at the budget."""
     cmd = [sys.executable, "-m", "tracked_train", "run", "--run-name", "k",

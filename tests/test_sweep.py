@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, free_port, records, wait_until
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 # A model that trains 20 steps in about a second; lr 1e-5 is the hopeless option the pruner must stop.
 TINY = [
     "model.d_model=32", "model.n_layers=1", "model.n_heads=4", "model.seq_len=32", "tokenizer.vocab_size=384",

@@ -24,6 +24,8 @@ from test_tracker_parity import float32, tensorboard_events
 from test_wandb import history as wandb_history
 from test_wandb import summary, wandb_env, wandb_records
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK = f"{ROOT / 'experiments' / 'collatz.py'}:CollatzTask"
 # The example's config, made small: ~10 steps a second on one thread, so a kill -9 lands mid-run.

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import metric_lines, records, sets
+
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 
 
 def torchrun(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -25,6 +25,8 @@ from tracked_train.trackers import Outcome, RunInfo, Trackers
 from tracked_train.trackers.jsonl import JsonlTracker
 from tracked_train.trackers.tensorboard_tracker import TensorboardTracker
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 BACKENDS = ["jsonl", "mlflow", "wandb", "tensorboard"]
 CHECKPOINT_FILES = {"checkpoint.pt", "manifest.json", "config.yaml", "tokenizer.model"}
 # Config keys that say where a run is recorded: they differ between the runs on purpose.

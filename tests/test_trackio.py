@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, metric_lines, records, sets
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 pytest.importorskip("trackio")
 
 SECRET = "canary-tio-4417"

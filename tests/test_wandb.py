@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, metric_lines, records, sets
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 SECRET = "canary-wb-7731"
 
 

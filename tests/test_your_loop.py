@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import MlflowServer, records
 
+pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "your-loop.md"
 HOOK = '''
 import os, runpy, signal, sys
