@@ -161,6 +161,8 @@ def test_one_parent_run_with_six_finished_children(mlflow_server, sweep_dir):
     parents = sweep_runs(client, "parent")
     assert len(parents) == 1
     parent = parents[0]
+    # Made by the parent run, the one way runs make it too: the UI opens it on its runs table.
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     ok = children  # the killed trial's run was continued by its retry: one run per finished trial

@@ -120,3 +120,34 @@ def is_transient(e: BaseException) -> bool:
 
 def error_code(e: BaseException) -> str:
     return getattr(e, "error_code", "") or ""
+
+
+# MLflow 3's UI opens an experiment on its GenAI overview unless it is marked as model training:
+# then it opens on the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+class ExperimentDeleted(Exception):
+    """The experiment is at the server but deleted: restore it, or name another."""
+
+    def __init__(self, name: str, experiment_id: str):
+        super().__init__(f"MLflow experiment '{name}' is deleted")
+        self.name, self.experiment_id = name, experiment_id
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created as a model-training experiment when it is missing (the one way
+    runs and sweeps make experiments). Of two processes creating it at once, the loser finds the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags=EXPERIMENT_TAGS)
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise ExperimentDeleted(name, exp.experiment_id)
+    return exp.experiment_id

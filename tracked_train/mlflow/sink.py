@@ -36,11 +36,7 @@ from ..errors import describe
 from ..redact import strip_userinfo
 from ..trackers.snapshot import remove
 from ..trackers.spool import BadEvent, Blocked, Spool
-from .client import check_reachable, connect, is_transient, status_of
-
-# MLflow 3's UI opens an experiment on its GenAI overview unless it is marked as model training:
-# then it opens on the runs table.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+from .client import ExperimentDeleted, check_reachable, connect, experiment_id, is_transient, status_of
 
 log = logging.getLogger("tracked_train")
 
@@ -230,20 +226,12 @@ class MlflowSink:
         log.info("mlflow: created run %s at %s", run.info.run_id, self.where)
 
     def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            try:
-                return self.client.create_experiment(name, tags=EXPERIMENT_TAGS)
-            except MlflowException as e:  # another run created it a moment ago
-                exp = self.client.get_experiment_by_name(name)
-                if exp is None:
-                    raise e from None
-        if exp.lifecycle_stage == "deleted":
+        try:
+            return experiment_id(self.client, name)
+        except ExperimentDeleted as e:
             raise Blocked(f"MLflow experiment '{name}' is deleted at {self.where}; restore it (`mlflow experiments "
-                          f"restore --experiment-id {exp.experiment_id}`) and run `tracked-train sync {self.run_dir}`")
-        return exp.experiment_id
+                          f"restore --experiment-id {e.experiment_id}`) and run `tracked-train sync {self.run_dir}`"
+                          ) from None
 
     def _do_artifact(self, e: dict[str, Any]) -> None:
         self._require_run()

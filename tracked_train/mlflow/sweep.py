@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import UserError, describe
 from ..redact import strip_userinfo
-from .client import check_reachable, connect, tracking_uri
+from .client import ExperimentDeleted, check_reachable, connect, experiment_id, tracking_uri
 
 log = logging.getLogger("tracked_train")
 
@@ -57,11 +57,12 @@ def start_parent(uri: str, experiment: str, study: str, space: dict[str, str], t
 
     client, run_id = _connect_new_store(uri), None
     try:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is not None and exp.lifecycle_stage == "deleted":
+        try:
+            exp_id = experiment_id(client, experiment)
+        except ExperimentDeleted as e:
             raise UserError(f"MLflow experiment '{experiment}' is deleted at {strip_userinfo(uri)}; restore it "
-                            "(`mlflow experiments restore`) or set tracking.experiment")
-        exp_id = exp.experiment_id if exp is not None else _create_experiment(client, experiment)
+                            f"(`mlflow experiments restore --experiment-id {e.experiment_id}`) or set "
+                            "tracking.experiment") from None
         run = client.create_run(exp_id, run_name=study, tags={
             **tags, SWEEP_TAG: study, ROLE_TAG: "parent", "mlflow.source.name": "tracked-train sweep"})
         run_id = run.info.run_id
@@ -91,18 +92,6 @@ def _connect_new_store(uri: str, tries: int = 4) -> Any:
                                 "check tracking.mlflow_uri / MLFLOW_TRACKING_URI") from None
             threading.Event().wait(0.2 + random.random())
     raise AssertionError("unreachable")
-
-
-def _create_experiment(client: Any, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # another worker created it a moment ago
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 def _delete(client: Any, run_id: str | None) -> None:
