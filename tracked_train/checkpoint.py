@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, NoCheckpoint
 
 __all__ = ["CheckpointError", "clean", "config_of", "find", "load", "load_weights", "locate", "named", "periodic",
            "prune", "save", "save_copy", "step_name", "verify"]
@@ -165,7 +165,7 @@ def locate(folder: Path) -> Path:
     if old.exists():
         os.replace(old, folder)
         return folder
-    raise CheckpointError(f"no checkpoint at {folder}; the run has not saved one yet")
+    raise NoCheckpoint(f"no checkpoint at {folder}; the run has not saved one yet")
 
 
 def load(folder: Path) -> dict[str, Any]:

@@ -19,6 +19,10 @@ class CheckpointError(UserError):
     pass
 
 
+class NoCheckpoint(CheckpointError):
+    """Nothing saved there yet (as opposed to a checkpoint that is damaged or refused)."""
+
+
 class RunFolderBusy(UserError):
     """Another process holds the run folder's lock."""
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import checkpoint, config, sources
 from .early_stopping import StopReason
-from .errors import CheckpointError, ConfigError, UserError
+from .errors import CheckpointError, ConfigError, NoCheckpoint, UserError
 from .lock import RunLock
 from .runner import Attempt, lifecycle, make_run_dir, read_tracker_state
 
@@ -74,15 +74,15 @@ def resume(source: str, sets: list[str], which: str = "last", fork: bool = False
                 attempt.run_dir, attempt.cfg, attempt.state is None))
         if attempt is None:
             return 0  # nothing to do (the run had finished)
-        runner._check_world(attempt.cfg)
+        runner.check_world(attempt.cfg)
         return lifecycle(attempt)
     shared = distributed.broadcast(None)
     if shared is None or shared == FINISHED:
         return 0 if shared == FINISHED else 2  # rank 0 said why
     run_dir, cfg, from_scratch = shared
     state = None if from_scratch else checkpoint.load(run_dir / "checkpoints" / "last")
-    runner._check_world(cfg)
-    return runner._run(runner._prepare(cfg, run_dir, runner.Trackers([]), resume_from=state))
+    runner.check_world(cfg)
+    return runner.run_prepared(runner.prepare(cfg, run_dir, runner.Trackers([]), resume_from=state))
 
 
 def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) -> Attempt | None:
@@ -214,8 +214,8 @@ def _load_or_none(folder: Path, which: str) -> dict[str, Any] | None:
     """The checkpoint's state; None when the run never saved one (and ``which`` is last)."""
     try:
         return checkpoint.load(folder)
-    except CheckpointError as e:
-        if "no checkpoint at" in str(e) and which == "last" and not (folder.parent / "best").exists():
+    except NoCheckpoint:
+        if which == "last" and not (folder.parent / "best").exists():
             return None
         raise
 

@@ -93,7 +93,7 @@ def make_run_dir(root: Path, name: str, exact: bool) -> Path:
                         "choose a writable --output-dir") from None
 
 
-def _check_world(cfg: Config) -> None:
+def check_world(cfg: Config) -> None:
     dist = distributed.init()
     if cfg.training.batch_size % dist.world_size:
         raise ConfigError(f"training.batch_size={cfg.training.batch_size} must be divisible by the "
@@ -109,14 +109,14 @@ def start(cfg: Config, init_from: str | None = None, *, judge: Judge | None = No
     ``judge`` (every rank passes one, they must agree) may end the run after an evaluation; ``tags`` go to
     every tracker (a sweep's trial names its parent run with them).
     """
-    _check_world(cfg)
+    check_world(cfg)
     if not distributed.current().is_main:
         opened = distributed.broadcast(None)  # rank 0 names the run and makes its folder
         if opened is None:
             return 2  # rank 0 reported the problem
         cfg, run_dir, task_state = opened
         init = {"task_state": task_state} if task_state is not None else None  # DDP broadcasts rank 0's weights
-        return _run(_prepare(cfg, run_dir, Trackers([]), init=init, judge=judge))
+        return run_prepared(prepare(cfg, run_dir, Trackers([]), init=init, judge=judge))
     attempt = None
     try:
         attempt = _new_attempt(cfg, init_from)
@@ -155,7 +155,7 @@ def lifecycle(a: Attempt) -> int:
     """Run an attempt to its end in every tracker; the lock is released on every path."""
     try:
         parts = _open(a)
-        return _run(parts)
+        return run_prepared(parts)
     finally:
         a.lock.release()
 
@@ -192,7 +192,7 @@ def _open(a: Attempt):
             if "config_changes" in a.tags:
                 (a.run_dir / "config_changes.json").write_text(a.tags["config_changes"])
                 trackers.log_artifact(a.run_dir / "config_changes.json", "config_changes.json")
-        parts = _prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init, judge=a.judge)
+        parts = prepare(a.cfg, a.run_dir, trackers, resume_from=a.state, init=a.init, judge=a.judge)
         if a.tracker_state is None or a.rewind:
             trackers.log_datasets(parts.task.datasets())
         if a.new:
@@ -232,7 +232,7 @@ def read_tracker_state(run_dir: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,
+def prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,
              init: dict[str, Any] | None = None, judge: Judge | None = None):
     """The task's data and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
     from . import task as tasks
@@ -256,7 +256,7 @@ def _prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[s
     return parts
 
 
-def _run(parts) -> int:
+def run_prepared(parts) -> int:
     """Train to a stop; the ending reaches every tracker once, whatever signal arrives meanwhile."""
 
     # Inside the loop, Interrupts' own handlers stop it cleanly; before and after it, a first SIGINT/SIGTERM

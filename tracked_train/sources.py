@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, NoCheckpoint, UserError
 
 log = logging.getLogger("tracked_train")
 
@@ -106,7 +106,7 @@ def init_weights(source: str, mlflow_uri: str | None) -> dict[str, Any]:
                 return checkpoint.load(folder)
         except CheckpointError as e:
             problems.append(str(e))
-            if which == "best" and "no checkpoint at" not in str(e) and "has no checkpoints/best" not in str(e):
+            if which == "best" and not isinstance(e, NoCheckpoint):
                 log.warning("best checkpoint unusable (%s); using last", e)
     raise UserError(problems[-1])
 

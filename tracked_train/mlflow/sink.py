@@ -219,13 +219,13 @@ class MlflowSink:
     def _do_create(self, e: dict[str, Any]) -> None:
         if self.run_id:
             return
-        exp_id = self._experiment_id(e.get("experiment_name") or self.experiment)
+        exp_id = self.experiment_id(e.get("experiment_name") or self.experiment)
         run = self.client.create_run(exp_id, start_time=e["t"], tags=e["tags"],
                                      run_name=e["tags"].get("mlflow.runName"))
         self.spool.save_state(run_id=run.info.run_id, experiment_id=exp_id)
         log.info("mlflow: created run %s at %s", run.info.run_id, self.where)
 
-    def _experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str) -> str:
         try:
             return experiment_id(self.client, name)
         except ExperimentDeleted as e:

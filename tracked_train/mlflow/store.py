@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, UserError
+from ..errors import CheckpointError, NoCheckpoint, UserError
 from ..redact import strip_userinfo
 from .client import check_reachable, connect, is_transient, tracking_uri
 
@@ -85,7 +85,7 @@ def _download(client: Any, run_id: str, which: str, dest: Path) -> Path:
     prefix = f"checkpoints/{which}"
     entries = client.list_artifacts(run_id, prefix)
     if not entries:
-        raise CheckpointError(f"MLflow run {run_id} has no {prefix} artifact; nothing to resume from")
+        raise NoCheckpoint(f"MLflow run {run_id} has no {prefix} artifact; nothing to resume from")
     dest.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         if entry.is_dir:

@@ -83,15 +83,16 @@ def _connect_new_store(uri: str, tries: int = 4) -> Any:
     import random
     import threading
 
-    for attempt in range(tries):
+    for _ in range(tries - 1):
         try:
             return connect(uri)
-        except Exception as e:  # noqa: BLE001
-            if attempt + 1 == tries:
-                raise UserError(f"cannot open the MLflow store at {strip_userinfo(uri)} ({describe(e, 200)}); "
-                                "check tracking.mlflow_uri / MLFLOW_TRACKING_URI") from None
+        except Exception:  # noqa: BLE001 - the race above, or a real failure the last try reports
             threading.Event().wait(0.2 + random.random())
-    raise AssertionError("unreachable")
+    try:
+        return connect(uri)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot open the MLflow store at {strip_userinfo(uri)} ({describe(e, 200)}); "
+                        "check tracking.mlflow_uri / MLFLOW_TRACKING_URI") from None
 
 
 def _delete(client: Any, run_id: str | None) -> None:

@@ -144,7 +144,7 @@ class MlflowTracker(Tracker):
             if self.run_id:
                 self._reopen(client, run.start_step)
             elif not self._continuing:
-                exp_id = sink._experiment_id(tc.experiment)
+                exp_id = sink.experiment_id(tc.experiment)
                 created = client.create_run(exp_id, run_name=run.name, tags=tags)
                 self.run_id = created.info.run_id
                 self.spool.save_state(run_id=self.run_id, experiment_id=exp_id)

@@ -80,20 +80,19 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None
         # is down waits for it (a first connection that fails is still bad input, below).
         engine = {"pool_pre_ping": True}
         storage_class = _waiting_storage_class(optuna)
-    pause = threading.Event()
-    for attempt in range(STORAGE_TRIES):
+    pause, tries = threading.Event(), STORAGE_TRIES
+    while True:
         try:
             return storage_class(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                                  grace_period=GRACE_HEARTBEATS * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
         except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
+            tries -= 1
             # Workers started together race to create the tables of a new database (a UNIQUE constraint
             # or "already exists" for the loser): the second try finds them made.
-            if type(e).__name__ in ("IntegrityError", "OperationalError") and attempt + 1 < STORAGE_TRIES:
-                pause.wait(0.2 + random.random())
-                continue
-            raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check "
-                            "--storage (and that its database driver is installed)") from None
-    raise AssertionError("unreachable")
+            if type(e).__name__ not in ("IntegrityError", "OperationalError") or tries == 0:
+                raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check "
+                                "--storage (and that its database driver is installed)") from None
+            pause.wait(0.2 + random.random())
 
 
 def lost_connection(e: BaseException | None) -> BaseException | None:
