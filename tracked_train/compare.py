@@ -24,9 +24,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .console import fmt_duration
 from .errors import UserError
 from .mlflow.store import Store
 from .mlflow.tracker import spool_run_id
+from .sources import is_run_folder
 from .trackers import jsonl
 
 # Metrics compared by `compare` first (lower is better for each), then every other validation metric and loss
@@ -99,13 +101,10 @@ class Run:
 
 # -- run folders -----------------------------------------------------------------------------------
 
-def is_run_dir(path: Path) -> bool:
-    return (path / jsonl.FILENAME).is_file()
-
-
 def load_local(run_dir: Path) -> Run:
     """A run folder's record: metrics.jsonl, plus the MLflow run id from mlflow/state.json."""
-    records = jsonl.read(run_dir / jsonl.FILENAME)
+    path = run_dir / jsonl.FILENAME
+    records = jsonl.read(path) if path.is_file() else []  # a run with no jsonl tracker (`--tracker null`)
     params = next((r["params"] for r in reversed(records) if r.get("event") == "params"), {})
     history = jsonl.history(records)
     stop = jsonl.last_stop(records)
@@ -149,7 +148,7 @@ def _param_str(value: Any) -> str:
 def local_runs(output_dir: Path) -> list[Run]:
     if not output_dir.is_dir():
         return []
-    return [load_local(d) for d in sorted(output_dir.iterdir()) if d.is_dir() and is_run_dir(d)]
+    return [load_local(d) for d in sorted(output_dir.iterdir()) if d.is_dir() and is_run_folder(d)]
 
 
 # -- runs read from MLflow ---------------------------------------------------------------------------
@@ -191,7 +190,7 @@ def _twin(run_id: str | None, output_dir: Path) -> Run | None:
     """The run folder under ``output_dir`` whose mlflow/state.json names ``run_id`` (only that one is read)."""
     if run_id and output_dir.is_dir():
         for d in sorted(output_dir.iterdir()):
-            if is_run_dir(d) and spool_run_id(d / "mlflow") == run_id:
+            if is_run_folder(d) and spool_run_id(d / "mlflow") == run_id:
                 return load_local(d)
     return None
 
@@ -297,12 +296,13 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
         run = _with_history(store, store.get(sources.parse(ref).value))
         return _with_folder(run, _twin(run.run_id, output_dir))
     path = Path(ref).expanduser()
-    if is_run_dir(path):
+    if is_run_folder(path):
         return load_local(path)
     if "/" in ref or ref.startswith((".", "~")):  # meant as a path: say what is wrong with it
-        why = "is not a run folder (no metrics.jsonl)" if path.is_dir() else "does not exist"
+        why = ("is not a run folder (no checkpoints/, nor config.yaml and metrics.jsonl)" if path.is_dir()
+               else "does not exist")
         raise UserError(f"run folder {ref} {why}")
-    if is_run_dir(output_dir / ref):
+    if is_run_folder(output_dir / ref):
         return load_local(output_dir / ref)
     found = store.find(ref)
     if found is not None:
@@ -571,14 +571,7 @@ def _fmt_int(value: float | None) -> str:
 
 
 def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return "—" if seconds is None else fmt_duration(round(seconds))  # as the progress line shows it: 4:45
 
 
 def _fmt_time(epoch_s: float | None) -> str:
