@@ -1,6 +1,6 @@
 """What one step's logging costs the training thread, per tracker set.
 
-Starts real runs (MLflow on a real local server, W&B offline) and times the
+Starts real runs (MLflow on a real local server, W&B offline, trackio local) and times the
 training thread's `log_metrics` call for one step's six train/* metrics,
 while the background senders run as they do in training. This isolates the
 hot-path cost from the noise of whole-run throughput measurements: divide it
@@ -12,6 +12,7 @@ by a step time to get the overhead the loop itself pays.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -52,11 +53,12 @@ def main() -> None:
     args = ap.parse_args()
 
     with bench_env("tt-logcost-") as (work, uri):
+        os.environ["TRACKIO_DIR"] = str(work / "trackio")  # read when trackio is imported (at its tracker's start)
         print(f"# training-thread cost of logging one step (6 metrics), {args.calls} calls, "
               f"{time.strftime('%Y-%m-%d')}")
         print("| trackers | median µs/step | p99 µs/step | share of a 20 ms step | of a 250 ms step |")
         print("|---|---|---|---|---|")
-        for specs in (["null"], ["jsonl"], ["jsonl", "mlflow"], ["jsonl", "mlflow", "wandb"]):
+        for specs in (["null"], ["jsonl"], ["jsonl", "mlflow"], ["jsonl", "mlflow", "wandb"], ["jsonl", "trackio"]):
             med, p99 = cost_us(specs, work / "runs", uri, args.calls)
             print(f"| {'+'.join(specs)} | {med:.1f} | {p99:.1f} | {100 * med / 20000:.3f} % | "
                   f"{100 * med / 250000:.4f} % |", flush=True)
