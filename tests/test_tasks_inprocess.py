@@ -109,7 +109,7 @@ def run(tmp_path: Path, name: str, *sets: str, task: str = TINY) -> tuple[int, P
     """A whole run (lock, trackers, loop, ending) as `tracked-train run` does it; (exit code, run folder)."""
     from tracked_train import runner
 
-    code = runner.start(resolve(f"run.output_dir={tmp_path}", f"run.name={name}", *sets, task=task))
+    code = runner.start(resolve(f"run.output_dir={tmp_path}", f"run.name={name}", *sets, task=task)).stop.exit_code
     return code, tmp_path / name
 
 

@@ -22,7 +22,10 @@ def _user_errors(fn):
         try:
             code = fn(*args, **kwargs)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            from .errors import ReportedOnRank0
+
+            if not isinstance(e, ReportedOnRank0):
+                click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -110,7 +113,7 @@ def run(overrides: tuple[str, ...], config_file: str | None, sets: tuple[str, ..
         return 0
     from . import runner
 
-    return runner.start(cfg, init_from)
+    return runner.start(cfg, init_from).stop.exit_code
 
 
 @main.command()

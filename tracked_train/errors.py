@@ -23,6 +23,10 @@ class NoCheckpoint(CheckpointError):
     """Nothing saved there yet (as opposed to a checkpoint that is damaged or refused)."""
 
 
+class ReportedOnRank0(UserError):
+    """Under torchrun, bad input rank 0 found and reported: the other ranks exit 2 without saying it again."""
+
+
 class RunFolderBusy(UserError):
     """Another process holds the run folder's lock."""
 

@@ -75,14 +75,14 @@ def resume(source: str, sets: list[str], which: str = "last", fork: bool = False
         if attempt is None:
             return 0  # nothing to do (the run had finished)
         runner.check_world(attempt.cfg)
-        return lifecycle(attempt)
+        return lifecycle(attempt).stop.exit_code
     shared = distributed.broadcast(None)
     if shared is None or shared == FINISHED:
         return 0 if shared == FINISHED else 2  # rank 0 said why
     run_dir, cfg, from_scratch = shared
     state = None if from_scratch else checkpoint.load(run_dir / "checkpoints" / "last")
     runner.check_world(cfg)
-    return runner.run_prepared(runner.prepare(cfg, run_dir, runner.Trackers([]), resume_from=state))
+    return runner.run_prepared(runner.prepare(cfg, run_dir, runner.Trackers([]), resume_from=state)).stop.exit_code
 
 
 def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) -> Attempt | None:

@@ -32,7 +32,7 @@ from .config import Config, dump_yaml
 from .console import FILE_ONLY, config_table, fmt_duration, setup_logging
 from .data import check_files
 from .early_stopping import Judge, Stop, StopReason
-from .errors import ConfigError, UserError, describe
+from .errors import ConfigError, ReportedOnRank0, UserError, describe
 from .interrupts import Deferred
 from .lock import RunLock
 from .trackers import Outcome, RunInfo, Trackers
@@ -103,8 +103,9 @@ def check_world(cfg: Config) -> None:
 
 
 def start(cfg: Config, init_from: str | None = None, *, judge: Judge | None = None,
-          tags: dict[str, str] | None = None) -> int:
-    """``tracked-train run``: a new run, optionally from a logged model's weights. Returns the exit code.
+          tags: dict[str, str] | None = None) -> Outcome:
+    """``tracked-train run``: a new run, optionally from a logged model's weights. Returns how it ended (the
+    process's exit code is ``outcome.stop.exit_code``).
 
     ``judge`` (every rank passes one, they must agree) may end the run after an evaluation; ``tags`` go to
     every tracker (a sweep's trial names its parent run with them).
@@ -113,7 +114,7 @@ def start(cfg: Config, init_from: str | None = None, *, judge: Judge | None = No
     if not distributed.current().is_main:
         opened = distributed.broadcast(None)  # rank 0 names the run and makes its folder
         if opened is None:
-            return 2  # rank 0 reported the problem
+            raise ReportedOnRank0()
         cfg, run_dir, task_state = opened
         init = {"task_state": task_state} if task_state is not None else None  # DDP broadcasts rank 0's weights
         return run_prepared(prepare(cfg, run_dir, Trackers([]), init=init, judge=judge))
@@ -151,7 +152,7 @@ def _new_attempt(cfg: Config, init_from: str | None) -> Attempt:
     return Attempt(cfg.replace(**{"run.name": run_dir.name}), run_dir, lock, new=True, init=init, tags=tags)
 
 
-def lifecycle(a: Attempt) -> int:
+def lifecycle(a: Attempt) -> Outcome:
     """Run an attempt to its end in every tracker; the lock is released on every path."""
     try:
         parts = _open(a)
@@ -256,19 +257,19 @@ def prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[st
     return parts
 
 
-def run_prepared(parts) -> int:
+def run_prepared(parts) -> Outcome:
     """Train to a stop; the ending reaches every tracker once, whatever signal arrives meanwhile."""
 
     # Inside the loop, Interrupts' own handlers stop it cleanly; before and after it, a first SIGINT/SIGTERM
     # waits until the ending is on every tracker (a second one stops at once).
     with Deferred() as deferred:
-        code = _train_and_end(parts)
+        outcome = _train_and_end(parts)
     if deferred.received:
         log.info("%s arrived while the run was ending; the ending was completed first", deferred.received)
-    return code
+    return outcome
 
 
-def _train_and_end(parts) -> int:
+def _train_and_end(parts) -> Outcome:
     from .train import saved_step, train
 
     trackers = parts.trackers
@@ -279,7 +280,7 @@ def _train_and_end(parts) -> int:
                     f"(checkpoints/last holds step {saved_step(parts.run_dir)}).", parts.st.step)
         trackers.finish(Outcome(stop))
         log.info("stopped: %s", stop.detail)
-        return 130
+        return Outcome(stop)  # exit code 130
     except UserError as e:  # bad input only training could reveal (a monitor no metric answers): one line, exit 2
         trackers.finish(Outcome(Stop(StopReason.FAILED, f"Failed at step {parts.st.step}: {e}", parts.st.step)))
         raise
@@ -287,11 +288,12 @@ def _train_and_end(parts) -> int:
         log.error("training failed at step %d: %s: %s", parts.st.step, type(e).__name__, describe(e))
         log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
         detail = f"Failed at step {parts.st.step}: {type(e).__name__}: {describe(e)}"
-        trackers.finish(Outcome(Stop(StopReason.FAILED, detail, parts.st.step)))
-        return 1
+        failed = Outcome(Stop(StopReason.FAILED, detail, parts.st.step))
+        trackers.finish(failed)
+        return failed  # exit code 1
     _summary(parts, outcome)  # before finish, so the uploaded train.log holds it
     trackers.finish(outcome)
-    return outcome.stop.exit_code
+    return outcome
 
 
 def _summary(parts, o: Outcome) -> None:

@@ -25,13 +25,16 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import distributed
 from ..early_stopping import Stop, StopReason
 from ..errors import UserError, describe
 from ..redact import strip_userinfo
 from ..task import monitor_of
+
+if TYPE_CHECKING:
+    from ..trackers import Outcome
 
 log = logging.getLogger("tracked_train")
 
@@ -480,7 +483,7 @@ def _run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
     run_dir = Path(trial.user_attrs[report.RUN_DIR_ATTR])
     with Heartbeat(w.storage, trial._trial_id, w.plan.o.heartbeat_s):
         try:
-            code = _continue(continued, judge, tags) if continued else runner.start(cfg, judge=judge, tags=tags)
+            ended = _continue(continued, judge, tags) if continued else runner.start(cfg, judge=judge, tags=tags)
         except UserError as e:  # this trial's own config or setup: it fails, the study goes on
             log.error("sweep %s: trial %d failed: %s", w.plan.study_name, trial.number, e)
             _tell(w, trial, "fail", None, run_dir, str(e), StopReason.FAILED.value)
@@ -493,7 +496,10 @@ def _run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
             raise
         finally:
             setup_logging(None)  # the sweep's own lines stay out of the trial's train.log
-        stop = _last_stop(run_dir)
+        # How it ended; a continued trial found already ended: as its folder records it.
+        stop = ({"reason": ended.stop.reason.value, "detail": ended.stop.detail} if ended is not None
+                else _last_stop(run_dir))
+        code = ended.stop.exit_code if ended is not None else 0
         reason = stop.get("reason") if stop else ("pruned" if judge.pruned else None)
         if code == 130:
             outcome = "interrupted"
@@ -510,7 +516,7 @@ def _run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
     return outcome
 
 
-def _continue(run_dir: Path, judge: Judge, tags: dict[str, str]) -> int:
+def _continue(run_dir: Path, judge: Judge, tags: dict[str, str]) -> Outcome | None:
     """Resume a killed trial's folder into its own tracked runs; the judge first hears its evaluations so far."""
     from .. import runner
     from ..resume import continue_in_place
@@ -523,7 +529,7 @@ def _continue(run_dir: Path, judge: Judge, tags: dict[str, str]) -> int:
             judge.replay(r["step"], r[judge.metric])
     attempt = continue_in_place(run_dir)
     if attempt is None:
-        return 0
+        return None  # it had ended
     attempt.judge = judge
     attempt.tags.update(tags)
     return runner.lifecycle(attempt)
@@ -673,7 +679,7 @@ def _follow() -> int:
         if job is None:
             return code
         cfg, tags, _ = job  # a continued folder is never handed out under torchrun
-        code = runner.start(cfg, judge=Judge(), tags=tags)
+        code = runner.start(cfg, judge=Judge(), tags=tags).stop.exit_code
         setup_logging(None)
         if code == 130:
             return code
