@@ -309,7 +309,10 @@ def test_a_server_restored_from_an_older_backup_gets_nothing_until_the_right_dat
     server = own_server
     if server.proc is None:
         server.start()
-    proc = start(tmp_path, "run", "--run-name", "restored", *mlflow_sets(server.uri, *LONG),
+    # Steps enough never to end by itself: it is stopped with SIGTERM once it trained on past the swap.
+    proc = start(tmp_path, "run", "--run-name", "restored",
+                 *mlflow_sets(server.uri, "training.max_steps=100000", "training.eval_every=200",
+                              "training.checkpoint_every=10"),
                  env={"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "1", "TRACKED_TRAIN_MLFLOW_SEND_INTERVAL_S": "0.2"})
     run_dir = tmp_path / "runs" / "restored"
     client = server.client()
@@ -325,11 +328,13 @@ def test_a_server_restored_from_an_older_backup_gets_nothing_until_the_right_dat
     run_id = run_id_of(run_dir)
     mark = _mark_in(backup, run_id)
     wait_until(lambda: _delivered(run_dir) > mark, "more events acknowledged after the backup", proc=proc)
+    proc.send_signal(signal.SIGSTOP)  # frozen while the database is swapped, however fast the machine
     server.stop()
     (server.root / "mlflow.db").rename(real)
     (server.root / "mlflow.db").write_bytes(backup.read_bytes())  # restored from the backup, same address
     server.start()
     swapped_at = last_step(run_dir)
+    proc.send_signal(signal.SIGCONT)
     wait_until(lambda: last_step(run_dir) >= swapped_at + 30, "training on after the swap", proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
