@@ -18,7 +18,7 @@ import torch
 
 from tracked_train.config import TrainingConfig
 from tracked_train.model import GPT, GPTConfig
-from tracked_train.train import optimizers
+from tracked_train.optim import optimizers
 
 DESIGNS = {
     "gpt2 (learned, layernorm, gelu)": dict(pos_encoding="learned", norm="layernorm", mlp="gelu"),

@@ -72,7 +72,7 @@ def optimizer_and_schedule(cfg, model, fused: bool = True):
 
 
 def bf16(cfg) -> bool:
-    from tracked_train.train import pick_precision
+    from tracked_train.device import pick_precision
 
     return pick_precision(cfg.training.precision, "cpu") == "bf16"
 

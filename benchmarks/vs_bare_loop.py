@@ -34,10 +34,10 @@ def bare_loop(regime: Regime, steps: int) -> float:
 
     from tracked_train import config
     from tracked_train.data import prepare
+    from tracked_train.device import pick_precision
     from tracked_train.lm import gpt_config
     from tracked_train.model import GPT, param_groups
     from tracked_train.schedule import lr_at
-    from tracked_train.train import pick_precision
 
     cfg = config.build([("bench", {**regime.config(), "training.max_steps": steps})])
     t = cfg.training

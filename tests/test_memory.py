@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tracked_train.train import keep_freed_memory
+from tracked_train.device import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")

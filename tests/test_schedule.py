@@ -14,7 +14,7 @@ from conftest import cli, metric_lines, records, sets, wait_until
 
 from tracked_train import schedule
 from tracked_train.config import TrainingConfig
-from tracked_train.train import LoopState
+from tracked_train.training_state import LoopState
 
 
 def test_step_schedule_is_warmup_then_cosine_to_min_lr():

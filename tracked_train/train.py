@@ -12,11 +12,9 @@ fan-out handed in.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,99 +24,18 @@ import numpy as np
 import torch
 
 from . import checkpoint, distributed, early_stopping, schedule
-from .config import Config, TrainingConfig
+from .config import Config
 from .console import Progress, peak_tflops
+from .device import keep_freed_memory, pick_device, pick_precision
 from .early_stopping import Facts, Judge, Stop, Stopper, StopReason, TimeBudget, verdict
 from .errors import UserError
 from .interrupts import Interrupts
-from .model import hidden_matrices, param_groups
+from .optim import optimizers
 from .task import Loss, Task, build_model, monitor_of
 from .trackers import Outcome, Trackers
+from .training_state import LoopState, rng_state, set_rng_state
 
 log = logging.getLogger("tracked_train")
-
-
-def pick_device(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_precision(choice: str, device: str) -> str:
-    """``auto``: bf16 autocast where it is faster than fp32, else fp32 (fp16 + GradScaler on old GPUs)."""
-    if choice != "auto":
-        return choice
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device == "cpu" and torch.cpu._is_avx512_bf16_supported():
-        return "bf16"  # measured 1.9x fp32 on an AVX512-BF16 CPU (docs/benchmarks.md)
-    return "fp32"
-
-
-def optimizers(model: torch.nn.Module, t: TrainingConfig, kind: str) -> list[torch.optim.Optimizer]:
-    """AdamW for every weight, or Muon for the blocks' matrices and AdamW for the rest (``optimizer: muon``).
-
-    Muon's update is scaled to AdamW's size (Moonshot's ``match_rms_adamw``), so one learning rate and
-    schedule serve both. The fused AdamW kernel is one call per step instead of a Python loop over
-    parameters (5-8 % of a small model's CPU step, docs/benchmarks.md).
-    """
-    fused = kind in ("cuda", "cpu")
-    if t.optimizer == "adamw":
-        return [torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95), fused=fused)]
-    hidden, rest = hidden_matrices(model)
-    rest_ids = {id(p) for p in rest}
-    groups = [{**g, "params": [p for p in g["params"] if id(p) in rest_ids]}
-              for g in param_groups(model, t.weight_decay)]
-    return [torch.optim.Muon(hidden, lr=t.lr, weight_decay=t.weight_decay, adjust_lr_fn="match_rms_adamw"),
-            torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(0.9, 0.95), fused=fused)]
-
-
-@dataclass
-class LoopState:
-    """Everything about progress that a checkpoint must carry besides the tensors."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    data_position: int = 0  # training sequences consumed: where the data order resumes
-    elapsed_s: float = 0.0  # training time across resumes, for the time budget
-    first_losses: list[float] = field(default_factory=list)
-    recent_losses: list[float] = field(default_factory=list)
-    last_eval_step: int = 0
-    best_metrics: dict[str, float] = field(default_factory=dict)  # the evaluation that made checkpoints/best
-    plan: schedule.Plan | None = None  # a time budget's step plan (None: the schedule runs over max_steps)
-    pace_from: tuple[int, float] | None = None  # (step, elapsed_s) after the first step: speed is measured from here
-
-    def __post_init__(self) -> None:
-        if isinstance(self.plan, dict):  # as asdict() saved it in a checkpoint
-            self.plan = schedule.Plan(**self.plan)
-
-    def record_loss(self, loss: float) -> None:
-        if len(self.first_losses) < 5:
-            self.first_losses.append(loss)
-        self.recent_losses = (self.recent_losses + [loss])[-10:]
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -147,7 +64,7 @@ class Parts:
             "scheduler": {"kind": self.cfg.training.schedule, "step": self.st.step},
             "scaler": self.scaler.state_dict(),
             "early_stopping": self.stopper.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "task_state": self.task.state(),
             "trackers": self.trackers.state(),
@@ -186,27 +103,6 @@ class Parts:
         self._upload(folder, self.evaluated if self.st.last_eval_step == self.st.step else None)
         for step in checkpoint.prune(checkpoints, keep):
             log.debug("pruned checkpoints/%s (training.keep_checkpoints=%d)", checkpoint.step_name(step), keep)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory mapped instead of handing it back to the OS.
-
-    By default glibc trims the heap and unmaps large freed blocks, so on the CPU
-    each step's activations are page-faulted in again: measured 4x the minor page
-    faults and 11-15 % of a small model's step (docs/benchmarks.md). PyTorch's
-    CUDA allocator caches freed blocks for the same reason. Returns whether the
-    settings were applied (only on glibc).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
-    # A fixed mmap threshold (the largest glibc accepts) also stops it raising the threshold on its own.
-    return all([libc.mallopt(m_mmap_threshold, 32 << 20), libc.mallopt(m_trim_threshold, 1 << 30),
-                libc.mallopt(m_top_pad, 64 << 20)])
 
 
 def build(cfg: Config, run_dir: Path, task: Task, trackers: Trackers, state: dict[str, Any] | None = None,
@@ -269,7 +165,7 @@ def build(cfg: Config, run_dir: Path, task: Task, trackers: Trackers, state: dic
         rng = state["rng"]
         if dist.enabled and len(state.get("rng_per_rank", [])) == dist.world_size:
             rng = state["rng_per_rank"][dist.rank]
-        _set_rng_state(rng)  # last, so nothing above consumes the restored streams
+        set_rng_state(rng)  # last, so nothing above consumes the restored streams
     return Parts(cfg, run_dir, task, model, forward, opts, scaler, stopper, trackers, device, amp, st)
 
 
