@@ -15,8 +15,7 @@ after the server accepted it.
 
 The server must be the one that acknowledged: each batch also sets the run's
 ``tracked_train.delivered`` tag to the spool offset it reaches, and the spool
-records the last one accepted. Before the first batch, and again after any
-failure to reach the server, the tag is read back: a server holding a lower
+records the last one accepted. Before every batch the tag is read back: a server holding a lower
 mark lost events it had accepted (its database was restored from an older
 backup, or another one answers at the address) and is :class:`Blocked`, so it
 never gets the rest of the run with a hole in it.
@@ -79,7 +78,6 @@ class MlflowSink:
         self.uri, self.run_dir, self.spool = uri, Path(run_dir), spool
         self.experiment = experiment or spool.state.get("experiment") or "tracked-train"
         self.client: Any = None
-        self._verified = False  # the server was checked to hold what it acknowledged, since the last failure
 
     @property
     def where(self) -> str:
@@ -98,10 +96,10 @@ class MlflowSink:
     # -- a batch --------------------------------------------------------------------------------
     def __call__(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
         self.connect()
-        if not self._verified:
-            self._run_missing()  # gone or deleted there: Blocked, with what to do
-            check_holds(self.client, self.run_id, self.spool.state.get("delivered", 0), self.where, self.run_dir)
-            self._verified = True
+        # Every batch (one GET, batches are a second or more apart): a server swapped between two batches
+        # without a failure seen in between (this process was stopped meanwhile) is caught too.
+        self._run_missing()  # gone or deleted there: Blocked, with what to do
+        check_holds(self.client, self.run_id, self.spool.state.get("delivered", 0), self.where, self.run_dir)
         group: list[tuple[int, dict[str, Any]]] = []  # consecutive metrics/params/tags: one log_batch
         size = dict.fromkeys(BATCH_LIMITS, 0)
         for offset, e in batch:
@@ -161,8 +159,6 @@ class MlflowSink:
         except (Blocked, BadEvent):
             raise
         except Exception as e:  # noqa: BLE001 - sorted below: retry, stop sending, or set aside
-            if is_transient(e):
-                self._verified = False  # it may come back with another database
             if is_transient(e) or self._run_missing() or status_of(e) in (401, 403):
                 if status_of(e) in (401, 403):
                     raise Blocked(f"MLflow at {self.where} refuses us ({describe(e)}); check "
