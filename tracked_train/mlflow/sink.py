@@ -98,8 +98,7 @@ class MlflowSink:
         self.connect()
         # Every batch (one GET, batches are a second or more apart): a server swapped between two batches
         # without a failure seen in between (this process was stopped meanwhile) is caught too.
-        self._run_missing()  # gone or deleted there: Blocked, with what to do
-        check_holds(self.client, self.run_id, self.spool.state.get("delivered", 0), self.where, self.run_dir)
+        self._run_missing(check_mark=True)  # gone, deleted or behind there: Blocked, with what to do
         group: list[tuple[int, dict[str, Any]]] = []  # consecutive metrics/params/tags: one log_batch
         size = dict.fromkeys(BATCH_LIMITS, 0)
         for offset, e in batch:
@@ -173,23 +172,26 @@ class MlflowSink:
                 self.spool.reject(ev, why)
             return False
 
-    def _run_missing(self) -> bool:
+    def _run_missing(self, check_mark: bool = False) -> bool:
         """Raise :class:`Blocked` when the run or its experiment is gone from this server; else False."""
         from mlflow.exceptions import MlflowException
 
         if not self.run_id:
             return False
         try:
-            info = self.client.get_run(self.run_id).info
+            run = self.client.get_run(self.run_id)
         except MlflowException as e:
             if is_transient(e):
                 raise
             raise Blocked(f"run {self.run_id} does not exist at {self.where} (a different server, or its "
                           "database was reset); set MLFLOW_TRACKING_URI to the server that holds it and run "
                           f"`tracked-train sync {self.run_dir}`") from None
+        info = run.info
         if info.lifecycle_stage == "deleted":
             raise Blocked(f"run {self.run_id} is deleted at {self.where}; restore it (`mlflow runs restore "
                           f"--run-id {self.run_id}` or its experiment) and run `tracked-train sync {self.run_dir}`")
+        if check_mark:
+            check_holds(run.data.tags, self.run_id, self.spool.state.get("delivered", 0), self.where, self.run_dir)
         return False
 
     # -- event kinds ----------------------------------------------------------------------------------
@@ -312,12 +314,11 @@ class MlflowSink:
         self.client.set_terminated(self.run_id, e["status"], end_time=e["t"])
 
 
-def check_holds(client: Any, run_id: str | None, delivered: int, where: str, run_dir: Path) -> None:
-    """Raise :class:`Blocked` when the server's copy of run ``run_id`` holds fewer of its events than a server
-    at this address accepted (``delivered``, the spool offset recorded after each accepted batch)."""
+def check_holds(tags: dict[str, str], run_id: str | None, delivered: int, where: str, run_dir: Path) -> None:
+    """Raise :class:`Blocked` when run ``run_id``'s ``tags`` at the server say it holds fewer of its events than
+    a server at this address accepted (``delivered``, the spool offset recorded after each accepted batch)."""
     if not run_id or not delivered:
         return  # nothing accepted yet (or a spool from before the mark): nothing to compare
-    tags = client.get_run(run_id).data.tags
     try:
         held = int(tags.get(MARK_TAG, 0))
     except ValueError:

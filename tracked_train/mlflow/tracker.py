@@ -210,18 +210,19 @@ class MlflowTracker(Tracker):
         from .client import is_transient
 
         try:
-            info = client.get_run(self.run_id).info
+            found = client.get_run(self.run_id)
         except MlflowException as e:
             if is_transient(e):
                 raise
             raise UserError(f"MLflow run {self.run_id} does not exist at {strip_userinfo(client.tracking_uri)}; "
                             "set MLFLOW_TRACKING_URI to the server that holds it, or resume with --fork") from None
+        info = found.info
         if info.lifecycle_stage == "deleted":
             raise UserError(f"MLflow run {self.run_id} is deleted at {strip_userinfo(client.tracking_uri)}; "
                             f"restore it (`mlflow runs restore --run-id {self.run_id}`) or resume with --fork")
         # Before anything is written to it: a server that lost events it accepted gets none of this run's.
-        check_holds(client, self.run_id, self.spool.state.get("delivered", 0), strip_userinfo(client.tracking_uri),
-                    self.run_dir)
+        check_holds(found.data.tags, self.run_id, self.spool.state.get("delivered", 0),
+                    strip_userinfo(client.tracking_uri), self.run_dir)
         self._status_before = "KILLED" if info.status == "RUNNING" else info.status
         if info.status == "RUNNING":
             log.warning("mlflow: run %s was left RUNNING (its process was killed); marking it KILLED, then "
