@@ -63,14 +63,18 @@ class TinyTask(tracked_train.Task):
 
     def batch(self, position, size):
         # A test's way to stop a run mid-way: TINY_TASK_STOP_AT="sigint:POSITION" (a Ctrl-C) or "raise:POSITION"
-        # (a second Ctrl-C: stopped at once, like a kill, with steps logged after the last checkpoint).
+        # (a second Ctrl-C: stopped at once, like a kill, with steps logged after the last checkpoint), or to
+        # poison it: "nan:POSITION" (that batch's features are NaN, so its loss is).
         how, _, at = os.environ.get("TINY_TASK_STOP_AT", "").partition(":")
+        x = features(self.cfg.training.seed, position, size)
         if at and position == int(at):
             if how == "sigint":
                 signal.raise_signal(signal.SIGINT)
+            elif how == "nan":
+                x = torch.full_like(x, float("nan"))
             else:
                 raise KeyboardInterrupt
-        return self.examples(features(self.cfg.training.seed, position, size))
+        return self.examples(x)
 
     def losses(self, model, b):
         out = model(b["x"])
@@ -175,17 +179,20 @@ def test_target_on_a_metric_where_higher_is_better(tmp_path, task, sets):
 
 # --- exact resume --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how, position, stopped_at, resumed_from", [
-    ("sigint", 19 * 16, 20, 20),  # Ctrl-C in step 20: it ends, is saved, and the run stops (exit 130)
-    ("raise", 16 * 16, 16, 10),  # a second Ctrl-C in step 17: stopped at once; steps 11-16 logged after `last`
-])
-def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how, position, stopped_at,
+@pytest.mark.parametrize("how, position, every, stopped_at, resumed_from", [
+    ("sigint", 19 * 16, 1, 20, 20),  # Ctrl-C in step 20: it ends, is saved, and the run stops (exit 130)
+    ("raise", 16 * 16, 1, 16, 10),  # a second Ctrl-C in step 17: stopped at once; steps 11-16 logged after `last`
+    # Values read back every 7 steps (and at step 1 and each evaluation and checkpoint): the same values.
+    ("sigint", 18 * 16, 7, 19, 19),  # read back at once for the stop, between two read-backs
+    ("raise", 16 * 16, 7, 14, 10),  # steps 15-16 were never read back: the resume trains them again
+], ids=["sigint", "raise", "sigint-every-7", "raise-every-7"])
+def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how, position, every, stopped_at,
                                                       resumed_from):
     from tracked_train.resume import resume
 
-    assert run(tmp_path, "a")[0] == 0
+    assert run(tmp_path, "a")[0] == 0  # read back every step
     monkeypatch.setenv("TINY_TASK_STOP_AT", f"{how}:{position}")
-    code, b = run(tmp_path, "b")
+    code, b = run(tmp_path, "b", f"logging.every={every}")
     monkeypatch.delenv("TINY_TASK_STOP_AT")
     assert code == 130 and max(s for s, _ in series(b, "train/loss")) == stopped_at
     assert resume(str(b), []) == 0
@@ -198,7 +205,60 @@ def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how,
     keys = {k for r in records(a) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
     assert {"train/loss/a", "val/accuracy"} <= keys
     for key in sorted(keys):
-        assert series(b, key) == series(a, key), key  # bit for bit, and each step once
+        # An interrupt between two evaluations adds one at the stop step ("every run ends evaluated").
+        extra = stopped_at if key.startswith("val/") and stopped_at % 10 else None
+        assert [x for x in series(b, key) if x[0] != extra] == series(a, key), key  # bit for bit, each step once
+
+
+# --- reading values back from the device every N steps (logging.every) --------------------------------------
+
+def test_reading_back_every_10_steps_logs_each_steps_own_values_to_every_tracker(tmp_path):
+    from test_tracker_parity import tensorboard_events
+
+    both = ["tracking.trackers=[jsonl, tensorboard]", "training.max_steps=35", "training.eval_every=15",
+            "training.checkpoint_every=25"]
+    assert run(tmp_path, "each", *both)[0] == 0
+    assert run(tmp_path, "tens", *both, "logging.every=10")[0] == 0
+    each, tens = tmp_path / "each", tmp_path / "tens"
+    keys = {k for r in records(each) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
+    assert {"train/loss", "train/loss/a", "train/grad_norm", "train/lr", "train/tokens_seen"} <= keys
+    for key in sorted(keys):
+        assert series(tens, key) == series(each, key), key  # bit for bit, at its own step
+    assert [s for s, _ in series(tens, "train/loss")] == list(range(1, 36))
+    # Each window's steps share the window's measured rate: 1 alone, 2-10, 11-15 (an evaluation), 16-20, ...
+    rates = dict(series(tens, "train/tokens_per_sec"))
+    assert rates[2] == rates[10] != rates[11] == rates[15] != rates[16]
+    scalars = {name: tensorboard_events(d)[0] for name, d in (("each", each), ("tens", tens))}
+    for key in ("train/loss", "train/grad_norm", "train/loss/b"):
+        assert scalars["tens"][key] == scalars["each"][key] and len(scalars["tens"][key]) == 35, key
+
+
+@pytest.mark.parametrize("every, found_at", [(10, 20), (1, 13)])
+def test_a_loss_gone_non_finite_between_read_backs_stops_there_and_leaves_last_alone(tmp_path, monkeypatch, every,
+                                                                                      found_at):
+    import json
+
+    monkeypatch.setenv("TINY_TASK_STOP_AT", f"nan:{12 * 16}")  # step 13's batch
+    code, run_dir = run(tmp_path, "nan", f"logging.every={every}")
+    stop = stop_event(run_dir)
+    assert code == 1 and stop["reason"] == "diverged" and stop["step"] == found_at
+    assert stop["detail"].startswith("Training diverged at step 13: the loss became nan")
+    assert stop["detail"].endswith("(read back at step 20).") == (every == 10)
+    loss = series(run_dir, "train/loss")
+    assert [s for s, _ in loss] == list(range(1, found_at + 1)) and np.isnan(float(dict(loss)[13]))
+    assert all(np.isfinite(float(v)) for s, v in loss if s < 13)
+    manifest = json.loads((run_dir / "checkpoints" / "last" / "manifest.json").read_text())
+    assert manifest["step"] == 10  # not the diverged weights of step 20
+    assert [s for s, _ in series(run_dir, "val/loss")] == [10]  # no evaluation of diverged weights
+
+
+def test_a_bad_read_back_interval_is_a_config_error():
+    from tracked_train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"logging.every=0 is invalid: allowed range is \[1, 1e\+06\]"):
+        resolve("logging.every=0")
+    assert resolve().logging.interval("cpu") == 1 and resolve().logging.interval("cuda:0") == 10
+    assert resolve("logging.every=4").logging.interval("cuda") == 4
 
 
 def test_resuming_with_a_changed_shape_setting_is_refused_before_anything_is_said(tmp_path, capfd):

@@ -111,10 +111,13 @@ def runs(request, tmp_path_factory):
     server = request.getfixturevalue("mlflow_server")
     procs["mlflow"] = _start("mlflow", cwd, home, "tracking.trackers=[jsonl, mlflow]",
                              f"tracking.mlflow_uri={server.uri}", "tracking.experiment=parity")
+    # Values read back from the device every 3 steps (and at evaluations): each tracker holds each step's own.
+    procs["readback"] = _start("readback", cwd, home, "tracking.trackers=[jsonl, mlflow, wandb]", "logging.every=3",
+                               f"tracking.mlflow_uri={server.uri}", "tracking.experiment=parity")
     errs = {b: p.communicate(timeout=300)[1] for b, p in procs.items()}
     for b, p in procs.items():
         assert p.returncode == 0, errs[b]
-    return {b: cwd / "runs" / f"parity-{b}" for b in BACKENDS}
+    return {b: cwd / "runs" / f"parity-{b}" for b in procs}
 
 
 def read_jsonl(run_dir: Path, _server) -> Seen:
@@ -182,6 +185,13 @@ def test_backends_agree_with_each_other(backend, runs, mlflow_server):
     assert {k: v for k, v in seen.params.items() if k not in WHERE} == \
            {k: v for k, v in normed(params).items() if k not in WHERE}
     assert seen.params["tracking.trackers"] == str(["jsonl", backend] if backend != "jsonl" else ["jsonl"])
+
+
+@pytest.mark.parametrize("backend", ["jsonl", "mlflow", "wandb"])
+def test_values_read_back_every_3_steps_reach_each_backend_as_read_every_step(backend, runs, mlflow_server):
+    seen = READERS[backend](runs["readback"], mlflow_server)
+    assert seen.train_loss == read_jsonl(runs["jsonl"], mlflow_server).train_loss  # bit for bit, at its step
+    assert [s for s, _ in seen.train_loss] == list(range(1, 9)) and seen.stop_reason == "completed"
 
 
 def test_tensorboard_holds_every_metric_at_its_step(runs):

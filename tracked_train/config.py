@@ -160,6 +160,20 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    # Steps between read-backs of the steps' loss and grad norm from the device, in one transfer (also at each
+    # evaluation, checkpoint, stop and the end); every step's values are still logged at their own step. A
+    # read-back makes the CPU wait for the GPU to finish its queue. None: 10 on CUDA, every step elsewhere
+    # (cheap there). Checks on train/ values (divergence, a train/ target) happen at read-backs.
+    every: int | None = field(default=None, metadata=_range(1, 1_000_000))
+
+    def interval(self, device: str) -> int:
+        if self.every is not None:
+            return self.every
+        return 10 if device.startswith("cuda") else 1
+
+
+@dataclass(frozen=True)
 class ConsoleConfig:
     progress: Literal["auto", "bar", "lines"] = "auto"
     # Peak FLOP/s of the accelerator for the MFU figure; None: known GPUs only.
@@ -179,6 +193,7 @@ class Config:
     training: TrainingConfig = TrainingConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -168,6 +168,18 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, total=total_steps)
 
+    def restart_clock(self, step: int) -> None:
+        """Measure the rate (and the ETA) from ``step`` on: the first step's compilation and allocations are
+        not typical of the others."""
+        self.t0, self.start_step = time.perf_counter(), step
+
+    def mfu(self, tok_s: float) -> float | None:
+        """Model FLOPs utilisation in percent of the device's dense bf16 peak; None where the peak is unknown
+        (known GPUs, or ``console.peak_tflops``) or the task does not count its FLOPs."""
+        if not self.peak or not self.flops_per_token:
+            return None
+        return 100 * self.flops_per_token * tok_s / (self.peak * 1e12)
+
     def update(self, step: int, loss: float, lr: float, tok_s: float, tokens_seen: int,
                parts: dict[str, float] | None = None) -> None:
         """``parts``: the loss's named components (a task's own), shown after the total."""
@@ -197,8 +209,8 @@ class Progress:
             f"elapsed {fmt_duration(elapsed)}", f"ETA {fmt_duration(eta)}", f"{it_s:.2f} it/s",
             f"{kind} {mib:,.0f} MiB",
         ]
-        if self.peak:
-            parts.append(f"MFU {100 * self.flops_per_token * self.last['tok_s'] / (self.peak * 1e12):.1f}%")
+        if (mfu := self.mfu(self.last["tok_s"])) is not None:
+            parts.append(f"MFU {mfu:.1f}%")
         return " | ".join(parts)
 
     def close(self) -> None:

@@ -284,7 +284,12 @@ class Stopper:
             c.observe(step, metrics, evaluation)
 
     def decide(self, facts: Facts) -> Stop | None:
-        return next((s for c in self.conditions if (s := c.check(facts)) is not None), None)
+        stop = next((s for c in self.conditions if (s := c.check(facts)) is not None), None)
+        if stop is not None and stop.step < facts.step:
+            # Values read back from the device some steps late (`logging.every`): the run stops at the step
+            # that learnt it, and the detail keeps the step it happened at.
+            stop = Stop(stop.reason, f"{stop.detail.rstrip('.')} (read back at step {facts.step}).", facts.step)
+        return stop
 
     def find(self, kind: type) -> Any:
         return next((c for c in self.conditions if isinstance(c, kind)), None)

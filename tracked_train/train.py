@@ -31,6 +31,7 @@ from .early_stopping import Facts, Judge, Stop, Stopper, StopReason, TimeBudget,
 from .errors import UserError
 from .interrupts import Interrupts
 from .optim import optimizers
+from .readback import Window
 from .task import Loss, Task, build_model, monitor_of
 from .trackers import Outcome, Trackers
 from .training_state import LoopState, rng_state, set_rng_state
@@ -201,11 +202,12 @@ def _as_loss(out: Any, task: Task) -> Loss:
                     "tracked_train.Loss(total, {name: tensor})")
 
 
-def train_step(p: Parts) -> tuple[float, dict[str, float], float]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, its named parts, grad norm).
+def train_step(p: Parts) -> tuple[torch.Tensor, list[str]]:
+    """One optimizer step over ``grad_accum`` micro-batches: ``[loss, *its named parts, grad norm]`` on the
+    device (not read back: see :mod:`readback`), and the parts' names.
 
     Under torchrun each rank takes its shard of every batch (the batch size is
-    global), DDP averages the gradients, and the losses are averaged over ranks.
+    global), DDP averages the gradients, and the losses are averaged over ranks at the read-back.
     """
     t, dist = p.cfg.training, distributed.current()
     shard = t.batch_size // dist.world_size
@@ -231,12 +233,8 @@ def train_step(p: Parts) -> tuple[float, dict[str, float], float]:
     for o in p.optimizers:
         p.scaler.step(o)
     p.scaler.update()
-    # One read-back for the loss, its parts and the grad norm.
-    values = torch.stack([total, *parts.values(), grad_norm.float().to(total.device)]).cpu().tolist()
-    means = [v / t.grad_accum for v in values[:-1]]
-    if dist.enabled:
-        means = [v / dist.world_size for v in distributed.all_reduce(means)]
-    return means[0], dict(zip(parts, means[1:])), values[-1]
+    means = torch.stack([total, *parts.values()]) / t.grad_accum
+    return torch.cat([means, grad_norm.float().to(total.device).reshape(1)]), list(parts)
 
 
 @torch.no_grad()
@@ -268,32 +266,29 @@ def train(p: Parts) -> Outcome:
 def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
     t = p.cfg.training
     tokens_per_step = t.batch_size * t.grad_accum * p.task.tokens_per_example
+    every = p.cfg.logging.interval(p.device)
     p.model.train()
     clock = time.perf_counter() - p.st.elapsed_s
     reserve = Reserve()
     budget = p.stopper.find(TimeBudget)
+    window = Window()
+    first = p.st.step + 1  # read back alone: its time holds compilation and allocations
     stop = p.stopper.decide(Facts(p.st.step, t.max_steps))  # a resume of a run that had done all its steps
     while stop is None:
         step = p.st.step + 1
-        t0 = time.perf_counter()
+        window.start_step()
         lr = schedule.lr_at(step, t, p.st.plan)
         for group in (g for o in p.optimizers for g in o.param_groups):
             group["lr"] = lr
-        loss, parts, grad_norm = train_step(p)
-        dt = time.perf_counter() - t0
+        values, parts = train_step(p)
         p.st.step, p.st.tokens_seen = step, p.st.tokens_seen + tokens_per_step
-        p.st.record_loss(loss)
-        metrics = {"train/loss": loss, **{f"train/loss/{k}": v for k, v in parts.items()}, "train/lr": lr,
-                   **{f"train/{k}": v for k, v in p.task.derived_metrics(loss).items()},
-                   "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_step / dt,
-                   "train/tokens_seen": p.st.tokens_seen}
-        p.trackers.log_metrics(metrics, step)
-        progress.update(step, loss, lr, tokens_per_step / dt, p.st.tokens_seen, parts)
-        _check_monitor(p, metrics, "train/")
-        p.stopper.observe(step, metrics)
+        window.add(step, {"train/lr": lr, "train/tokens_seen": p.st.tokens_seen}, values, parts)
+        evaluating = step % t.eval_every == 0 or step == t.max_steps
+        if step % every == 0 or step == first or evaluating or step % t.checkpoint_every == 0:
+            _read_back(p, window, progress, tokens_per_step, first)
 
         # Not on diverged weights: a stop the metrics alone decide skips the evaluation.
-        if (step % t.eval_every == 0 or step == t.max_steps) and p.stopper.decide(Facts(step)) is None:
+        if evaluating and p.stopper.decide(Facts(step)) is None:
             with reserve.timing("eval"):
                 _evaluate_and_save_best(p, progress)
         p.st.elapsed_s = time.perf_counter() - clock
@@ -304,6 +299,8 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
             t.time_budget_s is not None and _plan_due(p))
         if plan_due:
             _replan(p, reserve.seconds(), progress)
+        if out_of_time or interrupted:
+            _read_back(p, window, progress, tokens_per_step, first)  # a stop is coming: every step is known first
         stop = p.stopper.decide(Facts(step, t.max_steps, p.st.elapsed_s, out_of_time, planned_end,
                                       (interrupts.requested or "") if interrupted else None))
         if interrupts.status_requested:
@@ -321,6 +318,33 @@ def _loop(p: Parts, progress: Progress, interrupts: Interrupts) -> Stop:
                 if step % t.checkpoint_every == 0:
                     p.keep_periodic()
     return stop
+
+
+def _read_back(p: Parts, window: Window, progress: Progress, tokens_per_step: int, first: int) -> None:
+    """Every pending step's values, in one transfer: logged at their own steps, then seen by the stop conditions."""
+    rows, seconds = window.take()
+    if not rows:
+        return
+    tok_s = tokens_per_step * len(rows) / seconds  # the window's rate, each of its steps' figure
+    measured: dict[str, float] = {"train/tokens_per_sec": tok_s}
+    if (mfu := progress.mfu(tok_s)) is not None:
+        measured["train/mfu"] = mfu
+    if p.device.startswith("cuda"):
+        measured["train/peak_memory_mib"] = torch.cuda.max_memory_allocated(p.device) / 2**20
+    for step, v in rows:
+        p.st.record_loss(v["loss"])
+        metrics = {"train/loss": v["loss"], **{f"train/loss/{k}": x for k, x in v["parts"].items()},
+                   "train/lr": v["train/lr"], **{f"train/{k}": x for k, x in p.task.derived_metrics(v["loss"]).items()},
+                   "train/grad_norm": v["grad_norm"], **measured, "train/tokens_seen": v["train/tokens_seen"]}
+        p.trackers.log_metrics(metrics, step)
+        progress.update(step, v["loss"], v["train/lr"], tok_s, v["train/tokens_seen"], v["parts"])
+        _check_monitor(p, metrics, "train/")
+        p.stopper.observe(step, metrics)
+    if rows[-1][0] == first:
+        progress.restart_clock(first)  # the rate and ETA from here on leave out the first step
+        if p.forward is not p.model and seconds > 1:
+            log.info("step %d took %.1f s (torch.compile compiling, allocations); tokens/s, MFU, the ETA and "
+                     "the time budget's pace leave it out", first, seconds)
 
 
 class Reserve:
