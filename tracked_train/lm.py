@@ -95,14 +95,15 @@ class LanguageModel(Task):
         """Mean loss over a fixed set of validation windows, spread over the torchrun ranks."""
         t, dist = self.cfg.training, distributed.current()
         device = next(model.parameters()).device
-        loss_sum, n = 0.0, 0
+        # Summed on the device in float64 (the same arithmetic as Python floats): one read-back, not one a batch.
+        total, n = torch.zeros((), dtype=torch.float64, device=device), 0
         for i, (x, y) in enumerate(self.data.valid.eval_batches(t.eval_batches, t.batch_size)):
             if i % dist.world_size != dist.rank:
                 continue
             _, loss = model(x.to(device), y.to(device))
-            loss_sum += loss.item() * y.numel()
+            total += loss.detach().double() * y.numel()
             n += y.numel()
-        loss_sum, n = distributed.all_reduce([loss_sum, float(n)])
+        loss_sum, n = distributed.all_reduce([total.item(), float(n)])
         val = loss_sum / n
         per_char = val / self.data.valid_chars_per_token
         return {"loss": val, "perplexity": safe_exp(val), "nats_per_char": per_char,
