@@ -40,9 +40,12 @@ def test_two_processes_one_run_and_resume_continues_it(mlflow_server, tmp_path):
     run_id = runs[0].info.run_id
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 13))
 
-    r = torchrun("resume", str(run_dir), "--set", "training.max_steps=16", "--allow-config-change", cwd=tmp_path)
+    # Resumed reading values back every 3 steps: both ranks read back (a collective) at the same steps.
+    r = torchrun("resume", str(run_dir), "--set", "training.max_steps=16", "--set", "logging.every=3",
+                 "--allow-config-change", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(client.search_runs([exp.experiment_id])) == 1  # the same run continued
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 17))
+    assert [s for s, _ in metric_lines(run_dir)][-4:] == [13, 14, 15, 16]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"] == run_id
