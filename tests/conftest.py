@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,84 @@ def mlflow_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+def tensorboard_events(run_dir: Path) -> tuple[dict[str, list], dict[str, list], dict[str, object]]:
+    """Scalars, texts and hparams of a run, as TensorBoard's own reader sees them (a resume's purge applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    texts = {tag.removesuffix("/text_summary"): [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
+                                                 for e in acc.Tensors(tag)]
+             for tag in acc.Tags()["tensors"] if tag.endswith("/text_summary")}
+    start = metadata.parse_session_start_info_plugin_data(
+        acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+    hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return scalars, texts, hparams
+
+
+def float32(pairs: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    import numpy as np
+
+    return [(step, float(np.float32(v))) for step, v in pairs]
+
+
+# --- W&B offline runs, read back with W&B's own reader (`wandb leet inspect`) ---
+
+def wandb_env(home: Path, **extra: str) -> dict[str, str]:
+    """Offline, with HOME and W&B's config folder in ``home``: no user settings or keys leak in or out."""
+    return {"WANDB_MODE": "offline", "HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config" / "wandb"),
+            **extra}
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's .wandb logs (resumed segments in order), parsed by W&B itself."""
+    segments = sorted((run_dir / "wandb-files" / "wandb").glob("*run-*"))
+    assert segments, f"no W&B run under {run_dir}"
+    out = []
+    for seg in segments:
+        r = subprocess.run([shutil.which("wandb") or "wandb", "leet", "inspect", "--json", str(seg)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out += [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return out
+
+
+def of_type(recs: list[dict], kind: str) -> list[dict]:
+    return [r[kind] for r in recs if r["type"] == kind]
+
+
+def history(recs: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(h["item"]["step"], h["item"][key]) for h in of_type(recs, "history") if key in h["item"]]
+
+
+def summary(recs: list[dict]) -> dict:
+    out: dict = {}
+    for s in of_type(recs, "summary"):
+        out.update(s["update"])
+    return out
+
+
+def config(recs: list[dict]) -> dict:
+    out: dict = {}
+    for c in [r["run"]["config"] for r in recs if r["type"] == "run"] + of_type(recs, "config"):
+        out.update(c["update"])
+    return out
+
+
+def flat_config(recs: list[dict]) -> dict:
+    """The run's config as dotted keys; W&B's own keys and the data splits (``datasets``) left out."""
+    out = {}
+    for s, vals in config(recs).items():
+        if s.startswith("_") or s == "datasets":
+            continue
+        out.update({f"{s}.{k}": v for k, v in vals.items()} if isinstance(vals, dict) else {s: vals})  # `task`
+    return out
+
+
+def artifacts(recs: list[dict]) -> list[dict]:
+    return of_type(recs, "artifact")

@@ -365,7 +365,7 @@ def test_a_server_restored_from_an_older_backup_gets_nothing_until_the_right_dat
 
 
 def test_an_inexact_resume_leaves_mlflow_wandb_and_jsonl_agreeing_at_every_step(mlflow_server, tmp_path):
-    from test_wandb import history, wandb_env, wandb_records
+    from conftest import history, wandb_env, wandb_records
 
     env = wandb_env(tmp_path)
     args = sets("tracking.trackers=[jsonl, mlflow, wandb]", f"tracking.mlflow_uri={mlflow_server.uri}",
@@ -437,7 +437,7 @@ def test_a_hostile_run_name_on_the_server_stays_inside_output_dir(mlflow_server,
 # -- 6. secrets --------------------------------------------------------------------------------------------
 
 def test_a_password_in_the_tracking_uri_reaches_no_file_and_no_console(mlflow_server, tmp_path):
-    from test_wandb import wandb_env
+    from conftest import wandb_env
 
     password = "pw-canary-5150"
     uri = mlflow_server.uri.replace("http://", f"http://alice:{password}@")

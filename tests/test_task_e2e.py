@@ -19,10 +19,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SIDE_BY_SIDE, cli, records, wait_until
-from test_tracker_parity import float32, tensorboard_events
-from test_wandb import history as wandb_history
-from test_wandb import summary, wandb_env, wandb_records
+from conftest import (
+    SIDE_BY_SIDE,
+    cli,
+    float32,
+    records,
+    summary,
+    tensorboard_events,
+    wait_until,
+    wandb_env,
+    wandb_records,
+)
+from conftest import history as wandb_history
 
 pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 

@@ -213,7 +213,7 @@ def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how,
 # --- reading values back from the device every N steps (logging.every) --------------------------------------
 
 def test_reading_back_every_10_steps_logs_each_steps_own_values_to_every_tracker(tmp_path):
-    from test_tracker_parity import tensorboard_events
+    from conftest import tensorboard_events
 
     both = ["tracking.trackers=[jsonl, tensorboard]", "training.max_steps=35", "training.eval_every=15",
             "training.checkpoint_every=25"]

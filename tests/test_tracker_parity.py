@@ -14,10 +14,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import SIDE_BY_SIDE, metric_lines, records, sets
-from test_wandb import artifacts, flat_config, history, summary, wandb_env, wandb_records
+from conftest import (
+    SIDE_BY_SIDE,
+    artifacts,
+    flat_config,
+    float32,
+    history,
+    metric_lines,
+    records,
+    sets,
+    summary,
+    tensorboard_events,
+    wandb_env,
+    wandb_records,
+)
 
 from tracked_train.config import Config
 from tracked_train.early_stopping import Stop
@@ -61,34 +72,12 @@ def normed(params: dict) -> dict:
     return {k: norm(v) for k, v in params.items()}
 
 
-def float32(pairs: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    return [(step, float(np.float32(v))) for step, v in pairs]
-
-
 def as_held(backend: str, params: dict, metric: list[tuple[int, float]]) -> tuple[dict, list[tuple[int, float]]]:
     """What a backend can hold of the loop's params and metric: TensorBoard's hparams have no null (an unset
     key is absent) and its scalars are float32."""
     if backend != "tensorboard":
         return params, metric
     return {k: v for k, v in params.items() if v is not None}, float32(metric)
-
-
-def tensorboard_events(run_dir: Path) -> tuple[dict[str, list], dict[str, list], dict[str, object]]:
-    """Scalars, texts and hparams of a run, as TensorBoard's own reader sees them (a resume's purge applied)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import metadata
-    from tensorboard.util import tensor_util
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    texts = {tag.removesuffix("/text_summary"): [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
-                                                 for e in acc.Tensors(tag)]
-             for tag in acc.Tags()["tensors"] if tag.endswith("/text_summary")}
-    start = metadata.parse_session_start_info_plugin_data(
-        acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
-    hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
-    return scalars, texts, hparams
 
 
 def _start(backend: str, cwd: Path, home: Path, *extra: str) -> subprocess.Popen:

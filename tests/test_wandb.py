@@ -13,66 +13,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, metric_lines, records, sets
+from conftest import (
+    artifacts,
+    cli,
+    config,
+    flat_config,
+    history,
+    metric_lines,
+    of_type,
+    records,
+    sets,
+    summary,
+    wandb_env,
+    wandb_records,
+)
 
 pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 
 SECRET = "canary-wb-7731"
-
-
-def wandb_env(home: Path, **extra: str) -> dict[str, str]:
-    """Offline, with HOME and W&B's config folder in ``home``: no user settings or keys leak in or out."""
-    return {"WANDB_MODE": "offline", "HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config" / "wandb"),
-            **extra}
-
-
-def wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of the run's .wandb logs (resumed segments in order), parsed by W&B itself."""
-    segments = sorted((run_dir / "wandb-files" / "wandb").glob("*run-*"))
-    assert segments, f"no W&B run under {run_dir}"
-    out = []
-    for seg in segments:
-        r = subprocess.run([shutil.which("wandb") or "wandb", "leet", "inspect", "--json", str(seg)],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        out += [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-    return out
-
-
-def of_type(recs: list[dict], kind: str) -> list[dict]:
-    return [r[kind] for r in recs if r["type"] == kind]
-
-
-def history(recs: list[dict], key: str) -> list[tuple[int, float]]:
-    return [(h["item"]["step"], h["item"][key]) for h in of_type(recs, "history") if key in h["item"]]
-
-
-def summary(recs: list[dict]) -> dict:
-    out: dict = {}
-    for s in of_type(recs, "summary"):
-        out.update(s["update"])
-    return out
-
-
-def config(recs: list[dict]) -> dict:
-    out: dict = {}
-    for c in [r["run"]["config"] for r in recs if r["type"] == "run"] + of_type(recs, "config"):
-        out.update(c["update"])
-    return out
-
-
-def flat_config(recs: list[dict]) -> dict:
-    """The run's config as dotted keys; W&B's own keys and the data splits (``datasets``) left out."""
-    out = {}
-    for s, vals in config(recs).items():
-        if s.startswith("_") or s == "datasets":
-            continue
-        out.update({f"{s}.{k}": v for k, v in vals.items()} if isinstance(vals, dict) else {s: vals})  # `task`
-    return out
-
-
-def artifacts(recs: list[dict]) -> list[dict]:
-    return of_type(recs, "artifact")
 
 
 @pytest.fixture(scope="module")

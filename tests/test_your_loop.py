@@ -207,7 +207,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_wandb_offline_holds_what_metrics_jsonl_holds_after_the_folder_is_opened_again(tmp_path, monkeypatch):
-    from test_wandb import flat_config, history, wandb_env, wandb_records
+    from conftest import flat_config, history, wandb_env, wandb_records
 
     import tracked_train
 
