@@ -166,10 +166,10 @@ def bare(setup: Setup, out: Path) -> None:
 def tracked(setup: Setup, work: Path) -> dict:
     """`tracked-train run` with jsonl + MLflow (embedded store); its figures from metrics.jsonl."""
     cmd = [sys.executable, "-m", "tracked_train", "run", "--output-dir", str(work / "runs"), "--run-name", "gpu"]
-    for s in [*setup.sets(), "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
+    for s in [*setup.sets(), "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri=sqlite:///{work}/mlflow.db",
               "tracking.experiment=gpu-bench"]:
         cmd += ["--set", s]
-    rss = _child(cmd, work, "tracked.log")
+    rss = _child(cmd, work, "tracked.log", cwd=work)  # MLflow puts a sqlite store's artifacts in ./mlruns
     rows: dict[int, dict] = {}
     for line in (work / "runs" / "gpu" / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
@@ -182,10 +182,10 @@ def tracked(setup: Setup, work: Path) -> dict:
     return {"stamps": stamps, "peak_mib": peak, "first_s": first}
 
 
-def _child(cmd: list[str], work: Path, log: str) -> float:
+def _child(cmd: list[str], work: Path, log: str, cwd: Path = ROOT) -> float:
     """Runs ``cmd``; its peak resident memory in MiB (what the CPU figures use)."""
     with open(work / log, "w") as f:
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
         _, status, usage = os.wait4(p.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed; see {work / log}:\n{(work / log).read_text()[-3000:]}")

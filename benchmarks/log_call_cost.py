@@ -27,7 +27,7 @@ def cost_us(specs: list[str], work: Path, uri: str, calls: int) -> tuple[float, 
     from tracked_train.trackers import Outcome, RunInfo, Trackers
 
     name = f"c{time.time_ns()}"
-    cfg = config.build([("bench", {"tracking.trackers": specs, "tracking.mlflow_uri": uri, "run.name": name,
+    cfg = config.build([("bench", {"tracking.trackers": specs, "tracking.mlflow.uri": uri, "run.name": name,
                                    "tracking.experiment": "log-cost"})])
     run_dir = work / name
     run_dir.mkdir(parents=True)

@@ -58,7 +58,7 @@ def one_run(regime: Regime, trackers: list[str], out: Path, server_uri: str | No
 
     extra = {"tracking.trackers": trackers, "run.output_dir": str(out), "tracking.experiment": "bench"}
     if server_uri:
-        extra["tracking.mlflow_uri"] = server_uri
+        extra["tracking.mlflow.uri"] = server_uri
     cfg = config.build([("bench", {**regime.config(), **extra})])
     name = f"r{time.time_ns()}"
     run_dir = out / name

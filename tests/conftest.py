@@ -159,3 +159,12 @@ def flat_config(recs: list[dict]) -> dict:
 
 def artifacts(recs: list[dict]) -> list[dict]:
     return of_type(recs, "artifact")
+
+
+def tracker_keys() -> list[str]:
+    """``tracking.<name>.<field>`` of every installed tracker's own settings."""
+    import dataclasses
+
+    from tracked_train.trackers.base import available, settings_class
+
+    return [f"tracking.{name}.{f.name}" for name in available() for f in dataclasses.fields(settings_class(name))]

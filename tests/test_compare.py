@@ -41,7 +41,7 @@ def two_runs(server, tmp_path_factory) -> TwoRuns:
 
 
 def _train(server, root: Path) -> TwoRuns:
-    common = ["tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={server.uri}",
+    common = ["tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={server.uri}",
               f"tracking.experiment={EXPERIMENT}", "training.max_steps=20", "training.eval_every=5"]
     extra = {HI: [f"training.lr={LR[HI]}"],
              LO: [f"training.lr={LR[LO]}", "early_stopping.patience=1", "early_stopping.min_delta=100"]}

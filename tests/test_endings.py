@@ -57,7 +57,7 @@ def test_sigterm_while_the_trackers_finish_waits_for_the_ending(mlflow_server, t
         proc = subprocess.Popen(
             [sys.executable, "-m", "tracked_train", "run", "--run-name", "ending",
              *sets("training.max_steps=4", "training.eval_every=2", "tracking.trackers=[jsonl, webhook, mlflow]",
-                   f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=endings")],
+                   f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=endings")],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_URL": hook.url})
         assert hook.stop_seen.wait(300), "the run never sent its stop alert"
@@ -83,7 +83,7 @@ def test_an_ending_cut_by_kill_9_is_repaired_by_resume_then_by_sync(mlflow_serve
         proc = subprocess.Popen(
             [sys.executable, "-m", "tracked_train", "run", "--run-name", "cut",
              *sets("training.max_steps=4", "training.eval_every=2", "tracking.trackers=[jsonl, webhook, mlflow]",
-                   f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=endings")],
+                   f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=endings")],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_URL": hook.url})
         assert hook.stop_seen.wait(300), "the run never sent its stop alert"

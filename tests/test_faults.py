@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slo
 
 
 def mlflow_sets(uri: str, *extra: str) -> list[str]:
-    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={uri}", "tracking.experiment=faults",
+    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={uri}", "tracking.experiment=faults",
                 *extra)
 
 
@@ -234,7 +234,7 @@ def own_server(tmp_path_factory):
 def test_server_down_at_start_then_kill_9_then_resume_is_one_run_with_every_step_once(own_server, tmp_path):
     server = own_server
     server.stop()  # not started yet (a no-op then): its port answers nothing
-    args = sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={server.uri}",
+    args = sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={server.uri}",
                 "tracking.experiment=faults-late", "tracking.required=false", "training.max_steps=40",
                 "training.eval_every=20", "training.checkpoint_every=10")
     proc = start(tmp_path, "run", "--run-name", "late", *args)
@@ -368,7 +368,7 @@ def test_an_inexact_resume_leaves_mlflow_wandb_and_jsonl_agreeing_at_every_step(
     from conftest import history, wandb_env, wandb_records
 
     env = wandb_env(tmp_path)
-    args = sets("tracking.trackers=[jsonl, mlflow, wandb]", f"tracking.mlflow_uri={mlflow_server.uri}",
+    args = sets("tracking.trackers=[jsonl, mlflow, wandb]", f"tracking.mlflow.uri={mlflow_server.uri}",
                 "tracking.experiment=faults", "training.max_steps=30", "training.eval_every=5",
                 "training.checkpoint_every=10")
     proc = start(tmp_path, "run", "--run-name", "inexact", *args, env=env)

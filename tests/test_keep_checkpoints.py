@@ -147,7 +147,7 @@ def test_each_kept_checkpoint_is_a_logged_model_and_the_best_step_comes_first(tm
 
     code, run_dir = run(tmp_path, "models", *KEEP, "training.lr=0.5", "training.min_lr_ratio=1",
                         "tracking.trackers=[jsonl, mlflow]",
-                        f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=keep-checkpoints",
+                        f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=keep-checkpoints",
                         task=f"{HERE}:SplitTask")
     assert code == 0
     run_id = json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"]
@@ -178,7 +178,7 @@ def test_each_kept_checkpoint_is_a_logged_model_and_the_best_step_comes_first(tm
     # A checkpoint pruned locally resumes from the server's copy.
     from tracked_train.resume import resume
 
-    assert resume(f"mlflow:{run_id}", [f"tracking.mlflow_uri={mlflow_server.uri}"], which="step-20", fork=True) == 0
+    assert resume(f"mlflow:{run_id}", [f"tracking.mlflow.uri={mlflow_server.uri}"], which="step-20", fork=True) == 0
     fork = next(p for p in tmp_path.iterdir() if p.name.startswith("models-fork-"))
     assert [r["step"] for r in records(fork) if r.get("event") == "resume"] == [20]
     assert [r["step"] for r in records(fork) if "train/loss" in r] == list(range(21, 61))
@@ -192,7 +192,7 @@ def test_the_checkpoints_models_wait_in_the_spool_through_an_outage(tmp_path, ml
 
     monkeypatch.setenv("TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT", "0")  # nothing answers: the ending does not wait
     code, run_dir = run(tmp_path, "outage", *KEEP, "training.max_steps=30", "tracking.trackers=[jsonl, mlflow]",
-                        f"tracking.mlflow_uri=http://127.0.0.1:{free_port()}", "tracking.required=false",
+                        f"tracking.mlflow.uri=http://127.0.0.1:{free_port()}", "tracking.required=false",
                         "tracking.experiment=keep-checkpoints-outage", task=f"{HERE}:SplitTask")
     assert code == 0
     spooled = [json.loads(line) for line in (run_dir / "mlflow" / "spool.jsonl").read_text().splitlines()]

@@ -16,7 +16,7 @@ SECRET = "canary-s3cr3t-4821"
 
 
 def mlflow_sets(server, *extra):
-    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={server.uri}",
+    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={server.uri}",
                 "tracking.experiment=tests", *extra)
 
 
@@ -42,7 +42,7 @@ def completed(mlflow_server, tmp_path_factory):
     uri_with_password = mlflow_server.uri.replace("http://", f"http://alice:{SECRET}@")
     r = cli("run", "--run-name", "done", *mlflow_sets(mlflow_server, "training.max_steps=30", "training.eval_every=10",
                                                         "training.checkpoint_every=10",
-                                                        f"tracking.mlflow_uri={uri_with_password}"),
+                                                        f"tracking.mlflow.uri={uri_with_password}"),
             cwd=cwd, env={"MY_SERVICE_TOKEN": SECRET, "WANDB_API_KEY": SECRET})
     assert r.returncode == 0, r.stderr
     run_dir = cwd / "runs" / "done"
@@ -50,9 +50,9 @@ def completed(mlflow_server, tmp_path_factory):
 
 
 def test_system_metrics_from_mlflows_own_monitor(mlflow_server, tmp_path):
-    """tracking.system_metrics: MLflow's monitor samples the machine into the run (system/*), and stops first."""
+    """tracking.mlflow.system_metrics: MLflow's monitor samples the machine into the run (system/*), and stops first."""
     r = cli("run", "--run-name", "sys", *mlflow_sets(mlflow_server, "training.max_steps=120", "training.eval_every=60",
-                                                       "tracking.system_metrics=true"),
+                                                       "tracking.mlflow.system_metrics=true"),
             cwd=tmp_path, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
     assert r.returncode == 0, r.stderr
     run = mlflow_server.client().get_run(run_id_of(tmp_path / "runs" / "sys"))
@@ -106,7 +106,7 @@ def test_no_secret_reaches_the_server(mlflow_server, completed, tmp_path):
     client = mlflow_server.client()
     run = client.get_run(run_id)
     assert SECRET not in json.dumps(run.data.params) + json.dumps(run.data.tags)
-    assert run.data.params["tracking.mlflow_uri"] == mlflow_server.uri  # credentials stripped
+    assert run.data.params["tracking.mlflow.uri"] == mlflow_server.uri  # credentials stripped
     local = client.download_artifacts(run_id, "", str(tmp_path))
     import pathlib
 
@@ -174,7 +174,7 @@ def test_server_outage_mid_run_loses_nothing(mlflow_server, tmp_path):
 def test_unreachable_server_exits_2_quickly_and_leaves_nothing(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     # "Quickly": one reachability check, not MLflow's minutes of HTTP retries, which would blow this timeout.
-    r = cli("run", "--run-name", "nope", *sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={dead}"),
+    r = cli("run", "--run-name", "nope", *sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={dead}"),
             cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
@@ -186,7 +186,7 @@ def test_not_required_trains_and_sync_delivers_later(mlflow_server, tmp_path):
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens: the server is "down" for this run
     env = {"TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT": "0"}
     r = cli("run", "--run-name", "offline", *mlflow_sets(mlflow_server, "training.max_steps=8",
-                                                         "tracking.required=false", f"tracking.mlflow_uri={down}"),
+                                                         "tracking.required=false", f"tracking.mlflow.uri={down}"),
             cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "tracked-train sync" in r.stderr
@@ -204,7 +204,7 @@ def test_not_required_trains_and_sync_delivers_later(mlflow_server, tmp_path):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["tracking.mlflow_uri=ftp://example.org/x"], "unsupported scheme 'ftp'"),
+    (["tracking.mlflow.uri=ftp://example.org/x"], "unsupported scheme 'ftp'"),
 ])
 def test_bad_uri_scheme_exit_2(tmp_path, extra, needle):
     r = cli("run", *sets("tracking.trackers=[jsonl, mlflow]", *extra), cwd=tmp_path)

@@ -19,7 +19,7 @@ LINK = re.compile(r"mlflow: view it at (\S+)")
 def test_link_of_a_run_on_a_real_server_names_the_run_and_no_password(mlflow_server, tmp_path):
     uri_with_password = mlflow_server.uri.replace("http://", f"http://alice:{SECRET}@")
     r = cli("run", "--run-name", "linked", *sets(
-        "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={uri_with_password}",
+        "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={uri_with_password}",
         "tracking.experiment=link-tests", "training.max_steps=5", "training.eval_every=5"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     links = LINK.findall(r.stderr)
@@ -40,7 +40,7 @@ def test_link_drops_credentials_and_the_query():
 
 def test_no_link_without_an_http_server(tmp_path):
     r = cli("run", "--run-name", "local", *sets(
-        "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'm.db'}",
+        "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri=sqlite:///{tmp_path / 'm.db'}",
         "training.max_steps=2", "training.eval_every=2"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "mlflow: run " in r.stderr and not LINK.search(r.stderr)

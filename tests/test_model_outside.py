@@ -31,8 +31,8 @@ REGISTERED = "tiny-shakespeare-ish"
 def tracked(mlflow_server, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("outside")
     r = cli("run", "--run-name", "out", *sets(
-        "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=outside",
-        f"tracking.register_model={REGISTERED}", "training.max_steps=20", "training.eval_every=10"), cwd=cwd)
+        "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=outside",
+        f"tracking.mlflow.register_model={REGISTERED}", "training.max_steps=20", "training.eval_every=10"), cwd=cwd)
     assert r.returncode == 0, r.stderr
     run_dir = cwd / "runs" / "out"
     run_id = json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"]

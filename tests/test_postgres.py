@@ -72,7 +72,7 @@ def pg_mlflow(pg, tmp_path_factory):
 def sweep_args(pg, server, folder: Path, storage: str | None = None, *extra: str) -> list[str]:
     args = ["sweep", "--space", str(folder / "space.yaml"), "--storage", storage or pg.url(USER, "optuna"),
             "--study", STUDY, "--trials", str(TRIALS), "--seed", "3", "--pruner-warmup-trials", "2",
-            "--heartbeat", "2", "--tracker", "mlflow", "--set", f"tracking.mlflow_uri={server.uri}",
+            "--heartbeat", "2", "--tracker", "mlflow", "--set", f"tracking.mlflow.uri={server.uri}",
             "--output-dir", str(folder / "runs"), *extra]
     for s in TINY:
         args += ["--set", s]

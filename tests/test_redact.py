@@ -38,8 +38,8 @@ def test_secret_query_parameters_are_masked_names_kept():
     for uri in ("https://h/x?keyword=a&tokenizer=b&passes=3&page=2", "mlruns", "https://h/x?token="):
         assert strip_userinfo(uri) == uri
     assert strip_userinfo("https://h/x?token=***") == "https://h/x?token=***"  # masking twice changes nothing
-    assert redact({"tracking.mlflow_uri": "http://h:5000/?token=hunter2", "sweep.storage": "sqlite:///s.db?pwd=x"}) == {
-        "tracking.mlflow_uri": "http://h:5000/?token=***", "sweep.storage": "sqlite:///s.db?pwd=***"}
+    assert redact({"tracking.mlflow.uri": "http://h:5000/?token=hunter2", "sweep.storage": "sqlite:///s.db?pwd=x"}) == {
+        "tracking.mlflow.uri": "http://h:5000/?token=***", "sweep.storage": "sqlite:///s.db?pwd=***"}
 
 
 def test_a_token_in_the_tracking_or_webhook_url_reaches_no_file_and_no_output(tmp_path):
@@ -48,7 +48,7 @@ def test_a_token_in_the_tracking_or_webhook_url_reaches_no_file_and_no_output(tm
     from conftest import cli, free_port, sets
 
     secret = "qs-canary-8086"
-    r = cli("run", "--run-name", "qs", *sets("training.max_steps=3", f"tracking.mlflow_uri=sqlite:///mlflow.db?token={secret}"),
+    r = cli("run", "--run-name", "qs", *sets("training.max_steps=3", f"tracking.mlflow.uri=sqlite:///mlflow.db?token={secret}"),
             "--tracker", "jsonl", "--tracker", "mlflow",
             "--tracker", f"webhook=http://127.0.0.1:{free_port()}/hook?token={secret}",
             cwd=tmp_path, env={"TRACKED_TRAIN_WEBHOOK_FLUSH_TIMEOUT": "1"})

@@ -24,7 +24,7 @@ SLOW = ("model.d_model=128", "training.max_steps=160", "training.checkpoint_ever
 
 
 def mlflow_args(server, *extra):
-    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={server.uri}",
+    return sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={server.uri}",
                 "tracking.experiment=resume-tests", *extra)
 
 

@@ -69,7 +69,7 @@ def test_uploads_stay_one_per_path_while_the_server_is_down(tmp_path):
     from tracked_train.mlflow.tracker import MlflowTracker
     from tracked_train.trackers import RunInfo
 
-    cfg = config.resolve(None, [f"tracking.mlflow_uri=http://127.0.0.1:{free_port()}",
+    cfg = config.resolve(None, [f"tracking.mlflow.uri=http://127.0.0.1:{free_port()}",
                                 "tracking.required=false"], None)
     tracker = MlflowTracker()
     tracker.start(RunInfo("r", tmp_path, cfg))

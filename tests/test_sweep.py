@@ -26,7 +26,7 @@ TINY = [
     "data.builtin_chars=60000", "training.batch_size=8", "training.eval_batches=2", "console.progress=lines",
     "training.precision=fp32", "training.max_steps=20", "training.eval_every=4", "training.checkpoint_every=20",
     "training.min_lr=1e-6", "tracking.experiment=sweeps",
-    "tracking.log_model=false",  # the Logged Model upload is most of a tiny trial's time; test_mlflow covers it
+    "tracking.mlflow.log_model=false",  # the Logged Model upload is most of a tiny trial's time; test_mlflow covers it
 ]
 SPACE = "training.lr: {choice: [3.0e-3, 1.0e-5]}\ntraining.warmup_steps: {int: [0, 8]}\n"
 SECRET = "canary-pw-7731"
@@ -37,7 +37,7 @@ ENV = {"OMP_NUM_THREADS": "1"}
 def sweep_args(tmp, server, trials=6, *extra):
     args = ["sweep", "--space", str(tmp / "space.yaml"), "--storage", f"sqlite:///{tmp / 'study.db'}",
             "--study", "s", "--trials", str(trials), "--seed", "3", "--pruner-warmup-trials", "2",
-            "--heartbeat", "1", "--tracker", "mlflow", "--set", f"tracking.mlflow_uri={server.uri}", *extra]
+            "--heartbeat", "1", "--tracker", "mlflow", "--set", f"tracking.mlflow.uri={server.uri}", *extra]
     for s in TINY:
         args += ["--set", s]
     return args
@@ -171,8 +171,8 @@ def test_one_parent_run_with_six_finished_children(mlflow_server, sweep_dir):
     assert "pruned" in reasons and reasons <= {"pruned", "completed"}
     assert sorted(c.data.tags["tracked_train.trial"] for c in ok) == sorted(
         str(t.number) for t in finished(load_study(tmp).get_trials()))
-    assert all(c.data.params["tracking.wandb_group"] == "s" for c in ok)  # W&B's group for the trials
-    # tracking.log_model=false: no Logged Model, the best values still searchable run metrics.
+    assert all(c.data.params["tracking.wandb.group"] == "s" for c in ok)  # W&B's group for the trials
+    # tracking.mlflow.log_model=false: no Logged Model, the best values still searchable run metrics.
     assert list(client.search_logged_models(experiment_ids=[parent.info.experiment_id])) == []
     assert all("best/val_loss" in c.data.metrics for c in ok if c.data.tags["stop_reason"] == "completed")
     # The parent: space, best value and params, a table and a plot.
@@ -256,7 +256,7 @@ def test_bad_input_in_a_real_process_is_one_line_and_leaves_nothing(mlflow_serve
     cases = [
         ([], "did you mean 'training.lr'"),
         (["--storage", f"postgresql://alice:{SECRET}@127.0.0.1:{free_port()}/db"], "cannot open the study storage"),
-        (["--set", f"tracking.mlflow_uri=http://alice:{SECRET}@127.0.0.1:{free_port()}"], "is not reachable"),
+        (["--set", f"tracking.mlflow.uri=http://alice:{SECRET}@127.0.0.1:{free_port()}"], "is not reachable"),
     ]
     for extra, message in cases:
         r = cli(*sweep_args(tmp_path, mlflow_server), "--set", "tracking.experiment=bad-sweeps", *extra, cwd=tmp_path)

@@ -86,7 +86,7 @@ def ab(mlflow_server, tmp_path_factory):
     client = mlflow_server.client()
     if client.get_experiment_by_name("tasks") is None:  # two runs starting at once would race to create it
         client.create_experiment("tasks")
-    to_server = (f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=tasks")
+    to_server = (f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=tasks")
     a = start(cwd, "A", "tracking.trackers=[jsonl, mlflow, wandb, tensorboard]", *to_server, env=wandb_env(home))
     b = start(cwd, "B", "tracking.trackers=[jsonl, mlflow]", *to_server)
     b_dir = cwd / "runs" / "B"
@@ -281,7 +281,7 @@ def test_a_bad_task_is_one_line_exit_2_and_leaves_nothing(task, expected, mlflow
     extra = ["--set", setting] if setting else []
     experiment = f"bad-{abs(hash(task)) % 10**8}"
     r = cli("run", "--set", f"task={spec}", *extra, "--set", "tracking.trackers=[jsonl, mlflow]",
-            "--set", f"tracking.mlflow_uri={mlflow_server.uri}", "--set", f"tracking.experiment={experiment}",
+            "--set", f"tracking.mlflow.uri={mlflow_server.uri}", "--set", f"tracking.experiment={experiment}",
             cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
@@ -318,7 +318,7 @@ def test_a_task_without_predict_logs_its_checkpoint_as_the_model(mlflow_server, 
     (tmp_path / "line.py").write_text(NO_PREDICT)
     r = cli("run", "--run-name", "line", "--set", "task=line.py:Line", "--set", "training.max_steps=4",
             "--set", "training.eval_every=2", "--set", "tracking.trackers=[jsonl, mlflow]",
-            "--set", f"tracking.mlflow_uri={mlflow_server.uri}", "--set", "tracking.experiment=tasks-files",
+            "--set", f"tracking.mlflow.uri={mlflow_server.uri}", "--set", "tracking.experiment=tasks-files",
             "--set", "console.progress=lines", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "task line.py:Line has no predict(); its best checkpoint is logged as files" in r.stderr

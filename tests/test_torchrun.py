@@ -21,7 +21,7 @@ def torchrun(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedPr
 
 
 def test_two_processes_one_run_and_resume_continues_it(mlflow_server, tmp_path):
-    args = sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow_uri={mlflow_server.uri}",
+    args = sets("tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={mlflow_server.uri}",
                 "tracking.experiment=torchrun", "training.max_steps=12", "training.eval_every=6",
                 "training.checkpoint_every=6")
     r = torchrun("run", "--run-name", "ddp", *args, cwd=tmp_path)

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slo
 BACKENDS = ["jsonl", "mlflow", "wandb", "tensorboard"]
 CHECKPOINT_FILES = {"checkpoint.pt", "manifest.json", "config.yaml", "tokenizer.model"}
 # Config keys that say where a run is recorded: they differ between the runs on purpose.
-WHERE = {"run.name", "tracking.trackers", "tracking.mlflow_uri", "tracking.experiment"}
+WHERE = {"run.name", "tracking.trackers", "tracking.mlflow.uri", "tracking.experiment"}
 
 
 @dataclass
@@ -99,10 +99,10 @@ def runs(request, tmp_path_factory):
              "tensorboard": _start("tensorboard", cwd, home, "tracking.trackers=[jsonl, tensorboard]")}
     server = request.getfixturevalue("mlflow_server")
     procs["mlflow"] = _start("mlflow", cwd, home, "tracking.trackers=[jsonl, mlflow]",
-                             f"tracking.mlflow_uri={server.uri}", "tracking.experiment=parity")
+                             f"tracking.mlflow.uri={server.uri}", "tracking.experiment=parity")
     # Values read back from the device every 3 steps (and at evaluations): each tracker holds each step's own.
     procs["readback"] = _start("readback", cwd, home, "tracking.trackers=[jsonl, mlflow, wandb]", "logging.every=3",
-                               f"tracking.mlflow_uri={server.uri}", "tracking.experiment=parity")
+                               f"tracking.mlflow.uri={server.uri}", "tracking.experiment=parity")
     errs = {b: p.communicate(timeout=300)[1] for b, p in procs.items()}
     for b, p in procs.items():
         assert p.returncode == 0, errs[b]

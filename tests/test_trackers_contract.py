@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -96,3 +97,89 @@ def test_jsonl_records_and_truncates_on_resume(tmp_path):
     assert [x["step"] for x in recs if "train/loss" in x] == [1, 2, 3, 4]
     assert recs[-1]["event"] == "stop" and recs[-1]["reason"] == "completed"
     assert [x["event"] for x in recs if "event" in x] == ["start", "resume", "stop"]
+
+
+# --- a tracker's own settings: tracking.<name>: ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PagerSettings:
+    channel: str = "#runs"
+    every: int = field(default=100, metadata={"lo": 1, "hi": 10_000})
+    token: str | None = field(default=None, metadata={"secret": True})
+
+
+class Pager(Recorder):
+    """A plugin tracker with settings of its own."""
+
+    name = "pager"
+    Settings = PagerSettings
+
+    def start(self, run):
+        self.calls.append(("start", run.settings))
+
+
+@pytest.fixture(autouse=True)
+def _pager_registered(monkeypatch):
+    """Registered for each test alone (as `@register("pager")` would), so other tests' tracker lists stay as shipped."""
+    from tracked_train.trackers import base
+
+    monkeypatch.setitem(base._REGISTERED, "pager", Pager)
+
+
+def resolve(*sets: str, yaml_text: str | None = None, environ: dict | None = None, tmp_path=None):
+    from tracked_train import config
+
+    path = None
+    if yaml_text is not None:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml_text)
+    return config.resolve(path and str(path), ["tracking.trackers=[jsonl, pager]", *sets], environ=environ or {})
+
+
+def test_a_plugin_trackers_own_settings_come_from_yaml_set_and_the_environment(tmp_path):
+    assert resolve().tracker_args["pager"] == {"channel": "#runs", "every": 100, "token": None}  # its defaults
+    from_yaml = resolve(yaml_text="tracking:\n  pager:\n    channel: '#ml'\n    every: 5\n", tmp_path=tmp_path)
+    assert from_yaml.tracker_args["pager"] == {"channel": "#ml", "every": 5, "token": None}
+    env = {"TRACKED_TRAIN_TRACKING_PAGER_EVERY": "7"}
+    assert resolve(environ=env).tracker_args["pager"]["every"] == 7
+    # defaults < YAML < environment < --set, as for every key
+    both = resolve("tracking.pager.every=9", yaml_text="tracking:\n  pager:\n    every: 5\n", environ=env,
+                   tmp_path=tmp_path)
+    assert both.tracker_args["pager"]["every"] == 9 and both.tracker_args["pager"]["channel"] == "#runs"
+    # The tracker receives its own settings, typed, at start; the config records them, the secret redacted.
+    cfg = resolve("tracking.pager.token=hunter2", "tracking.pager.every=3")
+    trackers = Trackers([Pager()])
+    trackers.start(RunInfo("r", tmp_path, cfg))
+    assert trackers.trackers[0].calls == [("start", PagerSettings("#runs", 3, "hunter2"))]
+    assert cfg.flat()["tracking.pager.every"] == 3 and cfg.flat()["tracking.pager.token"] == "***"
+
+
+@pytest.mark.parametrize("sets, environ, expected", [
+    (["tracking.pager.every=0"], {}, "--set: tracking.pager.every=0 is invalid: allowed range is [1, 10000]"),
+    (["tracking.pager.every=often"], {}, "--set: tracking.pager.every='often' is invalid: expected an integer"),
+    ([], {"TRACKED_TRAIN_TRACKING_PAGER_EVERY": "often"}, "environment: tracking.pager.every='often' is invalid"),
+    (["tracking.pager.chanel=#x"], {}, "unknown tracker setting 'tracking.pager.chanel' for tracker pager "
+                                       "(did you mean 'tracking.pager.channel'?)"),
+    (["tracking.pagr.every=1"], {}, "unknown tracker 'pagr'; available: "),
+])
+def test_a_wrong_tracker_setting_is_one_config_error_line(sets, environ, expected):
+    from tracked_train.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        resolve(*sets, environ=environ)
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_tracking_key_from_before_the_trackers_sections_still_works_and_says_its_new_name(caplog):
+    from tracked_train import config
+
+    config._noticed.clear()
+    cfg = config.resolve(None, ["tracking.wandb_project=p", "tracking.mlflow_uri=http://h:5000"], environ={})
+    assert cfg.tracker_args["wandb"]["project"] == "p" and cfg.tracker_args["mlflow"]["uri"] == "http://h:5000"
+    notices = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert notices == ["--set: tracking.wandb_project is deprecated; write tracking.wandb.project (the same setting)",
+                       "--set: tracking.mlflow_uri is deprecated; write tracking.mlflow.uri (the same setting)"]
+    # A checkpoint written before the change holds the old keys: read silently, to the same settings.
+    caplog.clear()
+    old = config.from_dict({"task": "lm", "tracking": {"trackers": ["jsonl", "mlflow"], "mlflow_uri": "http://h:1"}})
+    assert old.tracker_args["mlflow"]["uri"] == "http://h:1" and not caplog.records

@@ -65,7 +65,7 @@ def tio_run(tmp_path_factory):
     # The canary sits in the environment and in URI credentials on the command line.
     r = cli("run", "--run-name", "tio run", *sets(*ARGS, "training.max_steps=12", "training.eval_every=5",
                                                    "training.checkpoint_every=5",
-                                                   "training.keep_checkpoints=3", f"tracking.mlflow_uri=http://alice:{SECRET}@127.0.0.1:1"),
+                                                   "training.keep_checkpoints=3", f"tracking.mlflow.uri=http://alice:{SECRET}@127.0.0.1:1"),
             cwd=cwd, env=env(home, MY_SERVICE_TOKEN=SECRET))
     assert r.returncode == 0, r.stderr
     return cwd / "runs" / "tio run", home, r

@@ -40,9 +40,9 @@ def offline_run(tmp_path_factory):
     # The canary sits in the environment, in a secret config field and in URI credentials on the command line.
     r = cli("run", "--run-name", "wb run:1", *sets(
         "tracking.trackers=[jsonl, wandb]", "training.precision=fp32", "training.max_steps=12", "training.eval_every=5",
-        "training.checkpoint_every=5", "tracking.wandb_group=g1", "tracking.wandb_tags=[tiny, cpu]",
-        f"tracking.webhook_url=https://hooks.example/{SECRET}",
-        f"tracking.mlflow_uri=http://alice:{SECRET}@127.0.0.1:1"),
+        "training.checkpoint_every=5", "tracking.wandb.group=g1", "tracking.wandb.tags=[tiny, cpu]",
+        f"tracking.webhook.url=https://hooks.example/{SECRET}",
+        f"tracking.mlflow.uri=http://alice:{SECRET}@127.0.0.1:1"),
         cwd=cwd, env=wandb_env(home, MY_SERVICE_TOKEN=SECRET, WANDB_PROJECT="tests"))
     assert r.returncode == 0, r.stderr
     run_dir = cwd / "runs" / "wb run:1"
@@ -81,7 +81,7 @@ def test_summary_config_and_exit(offline_run):
     splits = next(x["datasets"] for x in records(run_dir) if x.get("event") == "datasets")
     assert {d["context"]: d for d in splits} == config(recs)["datasets"]  # the data splits, beside the config
     assert cfg["model.d_model"] == 64 and cfg["training.max_steps"] == 12 and cfg["training.lr"] == 0.001
-    assert cfg["tracking.webhook_url"] == "***" and cfg["tracking.mlflow_uri"] == "http://127.0.0.1:1"
+    assert cfg["tracking.webhook.url"] == "***" and cfg["tracking.mlflow.uri"] == "http://127.0.0.1:1"
 
 
 def test_checkpoints_are_model_artifacts_with_best_and_latest(offline_run):

@@ -93,7 +93,7 @@ def runs(tmp_path_factory):
     hook, hanging = Hook(), _hanging_socket()
     refused = f"http://127.0.0.1:{free_port()}/hook/{SECRET}"  # the URL's secret part sits in its path
     extra = {"plain": [], "ok": ["--tracker", f"webhook={hook.url}"],
-             "refused": ["--tracker", "webhook", "--set", f"tracking.webhook_url={refused}"],
+             "refused": ["--tracker", "webhook", "--set", f"tracking.webhook.url={refused}"],
              "hanging": ["--tracker", f"webhook=http://127.0.0.1:{hanging.getsockname()[1]}/hook"]}
     procs = {name: subprocess.Popen(
         [sys.executable, "-m", "tracked_train", "run", "--run-name", name, *args, *sets(*COMMON)], cwd=cwd,
@@ -172,7 +172,7 @@ def test_no_url_exit_2(tmp_path):
 @pytest.mark.parametrize("fmt, key", [("discord", "content"), ("slack", "text")])
 def test_chat_formats(hook, tmp_path, fmt, key):
     t = WebhookTracker(hook.url)
-    t.start(_run_info(tmp_path, **{"tracking.webhook_format": fmt}))
+    t.start(_run_info(tmp_path, **{"tracking.webhook.format": fmt}))
     t.log_metrics({"val/loss": 2.5, "val/perplexity": 12.2}, 10)
     t.finish(Outcome(Stop("completed", "Completed all 10 steps.", 10), best_step=10, best_val_loss=2.5))
     bodies = hook.bodies()
@@ -206,11 +206,11 @@ def test_anomalies(hook, tmp_path):
 def test_resume_takes_the_url_from_the_environment(hook, tmp_path, monkeypatch):
     """A resumed run's config holds the redacted URL ("***"): the environment supplies it."""
     with pytest.raises(UserError, match=ENV_URL):
-        WebhookTracker("***").start(_run_info(tmp_path, 50, **{"tracking.webhook_url": "***"}))
+        WebhookTracker("***").start(_run_info(tmp_path, 50, **{"tracking.webhook.url": "***"}))
     monkeypatch.setenv(ENV_URL, hook.url)
     t = WebhookTracker("***")
     t.start(_run_info(tmp_path, 50, {"best_val_loss": 1.5, "min_train_loss": 1.2},
-                      **{"tracking.webhook_url": "***"}))
+                      **{"tracking.webhook.url": "***"}))
     t.log_metrics({"val/loss": 1.7}, 60)  # worse than the best from before the resume
     t.finish(Outcome(Stop("completed", "Completed all 60 steps.", 60)))
     bodies = hook.bodies()

@@ -129,7 +129,7 @@ def resume(source: str, sets: tuple[str, ...], which: str, fork: bool, allow_con
     """Continue a run exactly where it stopped, in the same tracked run.
 
     SOURCE is a run folder, mlflow:RUN_ID or runs:/RUN_ID (the server from
-    MLFLOW_TRACKING_URI or --set tracking.mlflow_uri=...).
+    MLFLOW_TRACKING_URI or --set tracking.mlflow.uri=...).
     """
     from .resume import resume as resume_run
 

@@ -138,25 +138,20 @@ class EarlyStoppingConfig:
 class TrackingConfig:
     trackers: tuple[str, ...] = ("jsonl", "mlflow")
     experiment: str = "tracked-train"
-    # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder.
-    mlflow_uri: str | None = None
     # false: train even if the tracking server is down at start, spooling events.
     required: bool = True
-    # MLflow Model Registry name for the best model (None: the Logged Model only, not registered).
-    register_model: str | None = None
-    # false: no MLflow Logged Model at the end (the best values are still run metrics). Sweeps and tests
-    # save its upload; the checkpoints stay run artifacts either way.
-    log_model: bool = True
-    # MLflow's own system metrics monitor (CPU, memory, disk, network, GPU) on the MLflow run.
-    system_metrics: bool = False
-    # W&B: None falls back to WANDB_PROJECT / WANDB_ENTITY, then project "tracked-train".
-    wandb_project: str | None = None
-    wandb_entity: str | None = None
-    wandb_group: str | None = None
-    wandb_tags: tuple[str, ...] = ()
-    # Webhook alerts (`--tracker webhook` or `webhook=URL`); the URL is a secret: redacted in records.
-    webhook_url: str | None = None
-    webhook_format: Literal["json", "discord", "slack"] = "json"
+    # Each tracker's own settings are its section, tracking.<name>: (its Settings dataclass; Config.tracker_args).
+
+
+# The tracker settings that were tracking keys before each tracker had its own section: still read, with a
+# one-line notice (not from a checkpoint or config.yaml of an older run, which cannot be edited).
+DEPRECATED_KEYS = {
+    "tracking.mlflow_uri": "tracking.mlflow.uri", "tracking.register_model": "tracking.mlflow.register_model",
+    "tracking.log_model": "tracking.mlflow.log_model", "tracking.system_metrics": "tracking.mlflow.system_metrics",
+    "tracking.wandb_project": "tracking.wandb.project", "tracking.wandb_entity": "tracking.wandb.entity",
+    "tracking.wandb_group": "tracking.wandb.group", "tracking.wandb_tags": "tracking.wandb.tags",
+    "tracking.webhook_url": "tracking.webhook.url", "tracking.webhook_format": "tracking.webhook.format",
+}
 
 
 @dataclass(frozen=True)
@@ -186,6 +181,9 @@ class Config:
     task: str = "lm"
     # The task's own settings (its Settings dataclass), every one filled in: validated by `build`.
     task_args: Mapping[str, Any] = field(default_factory=dict)
+    # Each tracker's own settings, tracking.<name>.<field> (its Settings dataclass): for every tracker the run
+    # uses, every one filled in; validated by `build`.
+    tracker_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -214,25 +212,36 @@ class Config:
                 continue  # the language model's settings: another task has its own, in task_args
             values = redact({k: v for k, v in dataclasses.asdict(getattr(self, sec)).items()})
             out[sec] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+            if sec == "tracking":
+                out[sec].update({name: _shown_settings(name, args) for name, args in self.tracker_args.items()})
         return out
 
     def flat(self) -> dict[str, Any]:
         """``{"task": "lm", "training.lr": 0.001, ...}``: the stable dotted names trackers log as params."""
         out: dict[str, Any] = {}
         for s, vals in self.to_dict().items():
-            if isinstance(vals, dict):
-                out.update({f"{s}.{k}": v for k, v in vals.items()})
-            else:
+            if not isinstance(vals, dict):
                 out[s] = vals
+                continue
+            for k, v in vals.items():
+                if isinstance(v, dict):  # a tracker's section: tracking.mlflow.uri
+                    out.update({f"{s}.{k}.{name}": x for name, x in v.items()})
+                else:
+                    out[f"{s}.{k}"] = v
         return out
 
     def replace(self, **dotted: Any) -> Config:
         """A copy with dotted keys replaced by already-typed values (no validation)."""
         sections: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}
+        trackers = {name: dict(args) for name, args in self.tracker_args.items()}
         for key, value in dotted.items():
             if key == "task":
                 top["task"] = value
+                continue
+            if (parts := tracker_key(key)) is not None:
+                trackers.setdefault(parts[0], {})[parts[1]] = value
+                top["tracker_args"] = trackers
                 continue
             sec, name = key.split(".", 1)
             sections.setdefault(sec, {})[name] = value
@@ -251,11 +260,34 @@ MODEL_SHAPE_KEYS = (
 )
 
 
-# The sections of dotted keys (the task and its task_args are handled apart: the task decides its settings).
-SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("task", "task_args"))
+# The sections of dotted keys (the task's and the trackers' own settings are handled apart: they declare them).
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("task", "task_args", "tracker_args"))
 # The built-in language model's own settings (task: lm); any other task declares its own in task_args.
 LM_SECTIONS = ("data", "tokenizer", "model")
 TASK_ARGS = "task_args."
+
+
+def tracker_key(key: str) -> tuple[str, str] | None:
+    """``tracking.mlflow.uri`` -> ``("mlflow", "uri")``: a tracker's own setting; None for any other key."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "tracking" and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None
+
+
+def _shown_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """A tracker's settings as records hold them: tuples as lists, URI credentials stripped, secrets redacted
+    (secret-looking names, and fields the tracker marks ``metadata={"secret": True}``)."""
+    from .redact import REDACTED, redact
+
+    shown = redact({k: list(v) if isinstance(v, tuple) else v for k, v in args.items()})
+    try:
+        from .trackers.base import settings_class
+
+        secret = {f.name for f in dataclasses.fields(settings_class(name)) if f.metadata.get("secret")}
+    except Exception:  # noqa: BLE001 - a plugin tracker not installed here: redact every value rather than leak one
+        secret = set(shown)
+    return {k: REDACTED if k in secret and v not in (None, "") else v for k, v in shown.items()}
 
 
 def _field_types() -> dict[str, tuple[Any, dataclasses.Field]]:
@@ -288,7 +320,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r} is not KEY=VALUE; write e.g. --set training.lr=3e-4")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key not in FIELDS and not key.startswith(TASK_ARGS):
+    if key not in FIELDS and key not in DEPRECATED_KEYS and not key.startswith(TASK_ARGS) and not tracker_key(key):
         raise _unknown_key(key)
     if raw.strip() == "":
         return key, None
@@ -325,7 +357,10 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: section '{sec}' must be a mapping of keys, e.g. '{sec}:\\n  key: value'")
         for k, v in values.items():
-            out[f"{sec}.{k}"] = v
+            if sec == "tracking" and isinstance(v, dict):  # a tracker's own section: `mlflow: {uri: ...}`
+                out.update({f"tracking.{k}.{name}": x for name, x in v.items()})
+            else:
+                out[f"{sec}.{k}"] = v
     return out
 
 
@@ -339,6 +374,13 @@ def _env_key(name: str) -> str | None:
     rest = name[len(ENV_PREFIX):].lower()
     if rest == "task":
         return "task"
+    if rest.startswith("tracking_") and f"tracking.{rest[9:]}" not in FIELDS:
+        from .trackers.base import available
+
+        # TRACKED_TRAIN_TRACKING_MLFLOW_URI: tracker `mlflow`, setting `uri` (longest tracker name first)
+        for tracker in sorted(available(), key=len, reverse=True):
+            if rest[9:].startswith(f"{tracker}_"):
+                return f"tracking.{tracker}.{rest[9 + len(tracker) + 1:]}"
     for sec in _SECTIONS_LONGEST_FIRST:
         if rest.startswith(f"{sec}_"):
             return f"{sec}.{rest[len(sec) + 1:]}"
@@ -396,26 +438,36 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         key = _env_key(name)
-        if key is None or key not in FIELDS and not key.startswith(TASK_ARGS):
+        if key is None or (key not in FIELDS and key not in DEPRECATED_KEYS and not key.startswith(TASK_ARGS)
+                           and not tracker_key(key)):
             raise _unknown_env(name)
         out[key] = parse_assignment(f"{key}={raw}")[1]
     return out
 
 
-def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = None) -> Config:
+def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = None, strict: bool = True) -> Config:
     """Apply layers of dotted overrides in order (later wins) and validate.
 
     Each layer is ``(source, values)``; the source names where a bad value came
-    from in the error message.
+    from in the error message. ``strict`` False (a recorded run's config) keeps the settings of a tracker
+    that is not installed here as they were recorded.
     """
     values: dict[str, Any] = {}
     task_args: dict[str, Any] = {}
     task_sources: dict[str, str] = {}
+    tracker_args: dict[str, dict[str, Any]] = {}
+    tracker_sources: dict[str, dict[str, str]] = {}
     for source, layer in layers:
         for key, value in layer.items():
+            if key in DEPRECATED_KEYS:
+                key = _renamed(key, source)
             if key.startswith(TASK_ARGS):  # checked against the task's own Settings below
                 task_args[key[len(TASK_ARGS):]] = value
                 task_sources[key[len(TASK_ARGS):]] = source
+                continue
+            if (parts := tracker_key(key)) is not None:  # checked against the tracker's own Settings below
+                tracker_args.setdefault(parts[0], {})[parts[1]] = value
+                tracker_sources.setdefault(parts[0], {})[parts[1]] = source
                 continue
             if key not in FIELDS:
                 raise _unknown_key(key)
@@ -427,10 +479,57 @@ def build(layers: list[tuple[str, Mapping[str, Any]]], base: Config | None = Non
         raise ConfigError("task is empty; name a task: lm, module.path:Class or path/to/file.py:Class")
     kept = dict(base.task_args) if spec == base.task else {}  # another task's settings do not carry over
     values["task_args"] = _task_settings(spec, {**kept, **task_args}, task_sources)
+    used = [t.partition("=")[0] for t in values.get("tracking.trackers", base.tracking.trackers)]
+    trackers = _tracker_settings(used, base.tracker_args, tracker_args, tracker_sources, strict)
     cfg = base.replace(**{k: v for k, v in values.items() if k != "task_args"})
-    cfg = dataclasses.replace(cfg, task_args=values["task_args"])
+    cfg = dataclasses.replace(cfg, task_args=values["task_args"], tracker_args=trackers)
     validate(cfg)
     return cfg
+
+
+_noticed: set[str] = set()
+
+
+def _renamed(key: str, source: str) -> str:
+    """A key from before each tracker had its own section: its new name, said once per process (not for a
+    checkpoint's or an old run's config.yaml, which nobody should have to edit)."""
+    new = DEPRECATED_KEYS[key]
+    if source not in QUIET_SOURCES and key not in _noticed:
+        import logging
+
+        _noticed.add(key)
+        hint = f"{env_name(new)}" if source == "environment" else new
+        logging.getLogger("tracked_train").warning(
+            "%s: %s is deprecated; write %s (the same setting)", source,
+            env_name(key) if source == "environment" else key, hint)
+    return new
+
+
+QUIET_SOURCES = frozenset({"checkpoint", "the MLflow model", "config.yaml"})
+
+
+def _tracker_settings(used: list[str], base: Mapping[str, Mapping[str, Any]], given: dict[str, dict[str, Any]],
+                      sources: dict[str, dict[str, str]], strict: bool) -> dict[str, dict[str, Any]]:
+    """Every setting of each tracker the run uses or configures, typed: defaults < ``base`` < ``given``."""
+    from .errors import UserError
+    from .trackers.base import settings_class
+    from .typed_values import coerce_fields, defaults_of
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*used, *base, *given]):
+        try:
+            cls = settings_class(name)
+        except UserError as e:
+            if strict:
+                where = "" if name in used else f" (in tracking.{name}.{next(iter(given.get(name, {'': 0})))})"
+                raise ConfigError(f"{e}{where}") from None
+            out[name] = {**base.get(name, {}), **given.get(name, {})}  # a recorded run's tracker not installed here
+            continue
+        typed = coerce_fields(cls, given.get(name, {}), f"tracking.{name}.", f"tracker {name}", sources.get(name))
+        merged = {**defaults_of(cls), **base.get(name, {}), **typed}
+        if merged:
+            out[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
+    return out
 
 
 def _task_settings(spec: str, given: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
@@ -516,8 +615,12 @@ def from_dict(nested: Mapping[str, Mapping[str, Any]], source: str = "checkpoint
         elif not isinstance(vals, Mapping):
             raise ConfigError(f"{source}: section '{s}' is not a mapping of keys")
         else:
-            flat.update({f"{s}.{k}": v for k, v in vals.items()})
-    return build([(source, flat)])
+            for k, v in vals.items():
+                if s == "tracking" and isinstance(v, Mapping):  # a tracker's own section
+                    flat.update({f"tracking.{k}.{name}": x for name, x in v.items()})
+                else:
+                    flat[f"{s}.{k}"] = v
+    return build([(source, flat)], strict=False)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -91,14 +91,15 @@ def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) 
     ref = sources.parse(source)
     if ref.kind == "local" and sources.is_run_folder(Path(ref.value)) and not fork:
         return _in_place(Path(ref.value), overrides, which, allow)
-    with sources.fetched(source, which, overrides.get("tracking.mlflow_uri")) as (folder, origin):
+    uri = overrides.get("tracking.mlflow.uri", overrides.get("tracking.mlflow_uri"))  # (its older name)
+    with sources.fetched(source, which, uri) as (folder, origin):
         state = checkpoint.load(folder)
         saved = checkpoint.config_of(state, folder)
         cfg = config.build([("--set", overrides)], base=saved)
         changes = check_drift(saved, cfg, allow)
         check_weights(cfg, state, folder)
         if origin["kind"] == "mlflow":
-            cfg = cfg.replace(**{"tracking.mlflow_uri": origin["uri"]})  # where the run lives now
+            cfg = cfg.replace(**{"tracking.mlflow.uri": origin["uri"]})  # where the run lives now
             if not fork and _finished_on_server(origin["run"], changes, which):
                 return None
         # A fresh local folder holds the continuation. Its name may come from a server: it is untrusted.

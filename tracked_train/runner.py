@@ -136,9 +136,10 @@ def _new_attempt(cfg: Config, init_from: str | None) -> Attempt:
     if init_from:
         from .checkpoint import config_of
         from .config import MODEL_SHAPE_KEYS
+        from .mlflow.client import configured_uri
         from .sources import init_weights
 
-        init = init_weights(init_from, cfg.tracking.mlflow_uri)
+        init = init_weights(init_from, configured_uri(cfg))
         shape = {k: v for k, v in config_of(init, init_from).flat().items() if k in MODEL_SHAPE_KEYS}
         changed = {k: v for k, v in shape.items() if cfg.flat()[k] != v}
         if changed:

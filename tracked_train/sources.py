@@ -4,7 +4,7 @@ References users can pass to `resume`, `generate` and `run --init-from`:
 
     runs/my-run                  a run folder (local)
     runs/my-run/checkpoints/best a checkpoint folder
-    mlflow:RUN_ID | runs:/RUN_ID an MLflow run (MLFLOW_TRACKING_URI / tracking.mlflow_uri)
+    mlflow:RUN_ID | runs:/RUN_ID an MLflow run (MLFLOW_TRACKING_URI / tracking.mlflow.uri)
 
 A checkpoint fetched from a server is untrusted (see :mod:`tracked_train.mlflow.store`);
 its download lives in a temporary folder that :func:`fetched` removes on every exit path.

@@ -220,21 +220,9 @@ def source_file(spec: str) -> Path | None:
 
 def coerce_settings(spec: str, values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Validate ``task_args`` against the task's Settings: typed values, or one-line ConfigErrors."""
-    from .typed_values import coerce
+    from .typed_values import coerce_fields
 
-    s = settings_type(load_class(spec))
-    hints = typing.get_type_hints(s)
-    fields = {f.name: f for f in dataclasses.fields(s)}
-    out = {}
-    for name, value in values.items():
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
-            hint = (f" (did you mean 'task_args.{close[0]}'?)" if close else
-                    f"; its settings are {', '.join(fields) or 'none'}")
-            raise ConfigError(f"unknown task setting 'task_args.{name}' for task {spec}{hint}")
-        source = (sources or {}).get(name, "config")
-        out[name] = coerce(f"task_args.{name}", value, hints[name], fields[name].metadata, source)
-    return out
+    return coerce_fields(settings_type(load_class(spec)), values, "task_args.", f"task {spec}", sources)
 
 
 def setting_type(spec: str, name: str) -> Any:
@@ -249,12 +237,9 @@ def setting_type(spec: str, name: str) -> Any:
 
 def defaults(spec: str) -> dict[str, Any]:
     """Every setting of the task with its value: the defaults, as ``--print-config`` and params show them."""
-    s = settings_type(load_class(spec))
-    return {f.name: _plain(getattr(s(), f.name)) for f in dataclasses.fields(s)}
+    from .typed_values import defaults_of
 
-
-def _plain(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+    return defaults_of(settings_type(load_class(spec)))
 
 
 def build_model(task: Task) -> Any:

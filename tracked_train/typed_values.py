@@ -105,3 +105,34 @@ def coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) 
             raise bad(f"must be at most {hi_s}")
         raise bad(f"allowed range is {left}{lo_s}, {hi_s}]")
     return value
+
+
+def coerce_fields(settings: type, values: Mapping[str, Any], prefix: str, owner: str,
+                  sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Check ``values`` against the fields of the dataclass ``settings`` (a task's or a tracker's own settings),
+    each named ``prefix + name`` in messages; ``owner`` ("task X", "tracker mlflow") says whose they are."""
+    import dataclasses
+    import difflib
+
+    hints = typing.get_type_hints(settings)
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    out = {}
+    for name, value in values.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+            hint = (f" (did you mean '{prefix}{close[0]}'?)" if close else
+                    f"; its settings are {', '.join(fields) or 'none'}")
+            what = owner.split(" ", 1)[0]
+            raise ConfigError(f"unknown {what} setting '{prefix}{name}' for {owner}{hint}")
+        out[name] = coerce(f"{prefix}{name}", value, hints[name], fields[name].metadata,
+                           (sources or {}).get(name, "config"))
+    return out
+
+
+def defaults_of(settings: type) -> dict[str, Any]:
+    """Every field of the dataclass ``settings`` with its default, tuples as lists (as configs show them)."""
+    import dataclasses
+
+    made = settings()
+    return {f.name: (list(v) if isinstance(v := getattr(made, f.name), tuple) else v)
+            for f in dataclasses.fields(settings)}

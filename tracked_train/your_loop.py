@@ -47,8 +47,9 @@ class Run:
 
     ``config``: your hyperparameters, a mapping (nested mappings become dotted names); logged as params.
     ``trackers``: names as for ``tracking.trackers`` (``jsonl`` is always on). ``tracking``: other
-    ``tracking.*`` settings without the prefix (``{"wandb_project": "x"}``); their environment variables
-    (``TRACKED_TRAIN_TRACKING_EXPERIMENT``...) and ``MLFLOW_TRACKING_URI`` apply as for the CLI.
+    ``tracking.*`` settings without the prefix (``{"wandb": {"project": "x"}}``, or ``{"wandb.project": "x"}``);
+    their environment variables (``TRACKED_TRAIN_TRACKING_EXPERIMENT``...) and ``MLFLOW_TRACKING_URI`` apply as
+    for the CLI.
     ``loss_metric``: the metric whose first and latest values give the run's verdict. ``signals``: False
     leaves SIGINT / SIGTERM to a framework that handles them itself (Lightning does); ``should_stop`` then
     stays False.
@@ -112,13 +113,13 @@ class Run:
 
         params = redact(flatten(self._user_config))
         given = {"tracking.trackers": self._trackers_given or None, "tracking.experiment": self._experiment,
-                 "tracking.mlflow_uri": self._mlflow_uri,
-                 **{f"tracking.{k}": v for k, v in self._tracking.items()},
+                 "tracking.mlflow.uri": self._mlflow_uri,
+                 **{f"tracking.{k}": v for k, v in flatten(self._tracking).items()},  # {"wandb": {"project": ..}}
                  "run.name": self.run_dir.name or None, "run.output_dir": str(self.run_dir.parent)}
         config_mod.check_env(os.environ)
         cfg = config_mod.resolve(None, [], given)
         # The Logged Model is made from a `tracked-train run` checkpoint; yours is your own dict: it stays files.
-        return cfg.replace(**{"tracking.log_model": False}), params
+        return cfg.replace(**{"tracking.mlflow.log_model": False}), params
 
     def _open_folder(self, cfg: Any, params: dict[str, Any]) -> None:
         import yaml

@@ -23,8 +23,13 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 _SCHEMES = {"http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks"}
 
 
+def configured_uri(cfg: Any) -> str | None:
+    """The run config's ``tracking.mlflow.uri`` (None when unset, or when the run does not use MLflow)."""
+    return cfg.tracker_args.get("mlflow", {}).get("uri")
+
+
 def tracking_uri(configured: str | None) -> str:
-    """``tracking.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else the embedded store; bad schemes refused."""
+    """``tracking.mlflow.uri``, else ``MLFLOW_TRACKING_URI``, else the embedded store; bad schemes refused."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
     if scheme and scheme not in _SCHEMES:

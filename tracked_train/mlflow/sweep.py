@@ -39,7 +39,7 @@ def check(uri: str | None) -> str:
         check_reachable(uri)
     except ConnectionError as e:
         raise UserError(f"MLflow tracking server {strip_userinfo(uri)} is not reachable ({e}); start it, fix "
-                        "tracking.mlflow_uri / MLFLOW_TRACKING_URI, or sweep without --tracker mlflow") from None
+                        "tracking.mlflow.uri / MLFLOW_TRACKING_URI, or sweep without --tracker mlflow") from None
     return uri
 
 
@@ -92,7 +92,7 @@ def _connect_new_store(uri: str, tries: int = 4) -> Any:
         return connect(uri)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"cannot open the MLflow store at {strip_userinfo(uri)} ({describe(e, 200)}); "
-                        "check tracking.mlflow_uri / MLFLOW_TRACKING_URI") from None
+                        "check tracking.mlflow.uri / MLFLOW_TRACKING_URI") from None
 
 
 def _delete(client: Any, run_id: str | None) -> None:

@@ -1,4 +1,4 @@
-"""MLflow's own system metrics monitor beside a tracked run (``tracking.system_metrics: true``).
+"""MLflow's own system metrics monitor beside a tracked run (``tracking.mlflow.system_metrics: true``).
 
 MLflow's ``SystemMetricsMonitor`` samples CPU, memory, disk, network and (with
 ``nvidia-ml-py``) GPU every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds

@@ -1,7 +1,7 @@
 """The MLflow tracker: a real tracking server or the embedded sqlite store.
 
-Where: ``tracking.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else
-``sqlite:///mlflow.db`` in the working folder. The run is created (or, on
+Where: ``tracking.mlflow.uri``, else ``MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working folder (its settings: :class:`MlflowSettings`). The run is created (or, on
 resume, reopened) synchronously in :meth:`MlflowTracker.start`, so a wrong URI
 fails before training with exit code 2. Everything after that goes through a
 :class:`~tracked_train.trackers.spool.Spool` in ``<run>/mlflow/``: the training
@@ -26,13 +26,13 @@ import re
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, describe
 from ..redact import redact, strip_userinfo
-from ..trackers.base import Outcome, RunInfo, Tracker
+from ..trackers.base import Outcome, RunInfo, Tracker, settings_of
 from ..trackers.snapshot import snapshot
 from ..trackers.spool import QUARANTINE, REJECTED, SPOOL, STATE, Blocked, Sender, Spool
 from . import system_metrics
@@ -88,8 +88,24 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True)
+class MlflowSettings:
+    """``tracking.mlflow:``, the MLflow tracker's own settings."""
+
+    # The tracking server or store; None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder.
+    uri: str | None = None
+    # MLflow Model Registry name for the best model (None: the Logged Model only, not registered).
+    register_model: str | None = None
+    # false: no MLflow Logged Model at the end (the best values are still run metrics). Sweeps and tests
+    # save its upload; the checkpoints stay run artifacts either way.
+    log_model: bool = True
+    # MLflow's own system metrics monitor (CPU, memory, disk, network, GPU) on the MLflow run.
+    system_metrics: bool = False
+
+
 class MlflowTracker(Tracker):
     name = "mlflow"
+    Settings = MlflowSettings
 
     def __init__(self) -> None:
         self.spool: Spool | None = None
@@ -101,18 +117,19 @@ class MlflowTracker(Tracker):
         self._continuing = False
         self._status_before: str | None = None  # a reopened run's status, restored if this attempt never trains
         self._uploads: dict[str, Path] = {}  # artifact path -> its newest snapshot not yet known sent
-        self._register: str | None = None  # tracking.register_model
-        self._log_model = True  # tracking.log_model
-        self._monitor: Any = None  # MLflow's system metrics monitor (tracking.system_metrics)
+        self._register: str | None = None  # tracking.mlflow.register_model
+        self._log_model = True  # tracking.mlflow.log_model
+        self._monitor: Any = None  # MLflow's system metrics monitor (tracking.mlflow.system_metrics)
         self._val: tuple[int, int, dict[str, float]] = (-1, 0, {})  # (step, time, metrics) of the last evaluation
         self._val_split: dict[str, str] | None = None  # the validation dataset, as its metrics are linked to it
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
-        tc = run.config.tracking
+        tc: MlflowSettings = settings_of(self, run)
         self._register = tc.register_model
         self._log_model = tc.log_model
-        uri = tracking_uri(tc.mlflow_uri)
+        uri = tracking_uri(tc.uri)
+        experiment, required = run.config.tracking.experiment, run.config.tracking.required
         self.run_dir, self.run_name = run.run_dir, run.name
         folder = run.run_dir / FOLDER
         state = run.resume_state or {}
@@ -136,15 +153,15 @@ class MlflowTracker(Tracker):
         if self._continuing:
             self._skip_until = self._spooled_steps()
             self._prune_uploads()
-        self.spool.save_state(tracking_uri=strip_userinfo(uri), experiment=tc.experiment, run_id=self.run_id)
-        sink = MlflowSink(uri, run.run_dir, self.spool, tc.experiment)
+        self.spool.save_state(tracking_uri=strip_userinfo(uri), experiment=experiment, run_id=self.run_id)
+        sink = MlflowSink(uri, run.run_dir, self.spool, experiment)
         client = None
         try:
             client = sink.connect()
             if self.run_id:
                 self._reopen(client, run.start_step)
             elif not self._continuing:
-                exp_id = sink.experiment_id(tc.experiment)
+                exp_id = sink.experiment_id(experiment)
                 created = client.create_run(exp_id, run_name=run.name, tags=tags)
                 self.run_id = created.info.run_id
                 self.spool.save_state(run_id=self.run_id, experiment_id=exp_id)
@@ -158,14 +175,14 @@ class MlflowTracker(Tracker):
         except Blocked as e:
             raise UserError(str(e)) from None
         except BaseException as e:  # noqa: BLE001 - unreachable server, refused connection, bad store, Ctrl-C
-            if not isinstance(e, Exception) or tc.required:
+            if not isinstance(e, Exception) or required:
                 self._undo_start(client, created=not self._continuing)
             if not isinstance(e, Exception):
                 raise
-            if tc.required:
+            if required:
                 raise UserError(
                     f"MLflow tracking server {strip_userinfo(uri)} is not reachable ({describe(e, 200)}); start it "
-                    "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.mlflow_uri / "
+                    "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.mlflow.uri / "
                     "MLFLOW_TRACKING_URI, or set tracking.required=false to train now and sync later"
                 ) from None
             log.warning("MLflow at %s is not reachable (%s); training anyway, events are spooled to %s",
@@ -173,12 +190,12 @@ class MlflowTracker(Tracker):
             if tc.system_metrics:
                 log.warning("mlflow: no system metrics in this attempt: MLflow's monitor sends to the run directly")
             if not self._continuing:
-                self.spool.append({"k": "create", "t": _now_ms(), "experiment_name": tc.experiment, "tags": tags})
+                self.spool.append({"k": "create", "t": _now_ms(), "experiment_name": experiment, "tags": tags})
             elif self.run_id:
                 self.spool.append({"k": "tags", "tags": {"resumed_at_step": str(run.start_step)}})
         else:
             log.info("mlflow: run %s in experiment '%s' at %s", self.run_id or "(created when the server answers)",
-                     tc.experiment, strip_userinfo(uri))
+                     experiment, strip_userinfo(uri))
             if self.run_id and uri.startswith(("http://", "https://")):
                 exp_id = self.spool.state.get("experiment_id") or client.get_run(self.run_id).info.experiment_id
                 log.info("mlflow: view it at %s", ui_link(uri, exp_id, self.run_id))
@@ -383,12 +400,12 @@ class MlflowTracker(Tracker):
         folder = run.run_dir / FOLDER
         if not (folder / SPOOL).exists():
             return None  # this folder never had an MLflow run
-        tc = run.config.tracking
+        tc: MlflowSettings = settings_of(self, run)
         self._register, self._log_model = tc.register_model, tc.log_model
         self.run_dir, self.run_name = run.run_dir, run.name
         self.spool = Spool(folder)
         # Where the run lives: as a resume would reach it, else the server the spool recorded.
-        uri = tc.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or self.spool.state.get("tracking_uri")
+        uri = tc.uri or os.environ.get("MLFLOW_TRACKING_URI") or self.spool.state.get("tracking_uri")
         uri = tracking_uri(uri)
         try:
             store = local_store_path(uri)
@@ -396,7 +413,7 @@ class MlflowTracker(Tracker):
                 log.warning("mlflow: cannot check that run %s has its ending: there is no MLflow store at %s; set "
                             "MLFLOW_TRACKING_URI to the one that holds it", self.spool.state.get("run_id"), store)
                 return None
-            sink = MlflowSink(uri, run.run_dir, self.spool, tc.experiment)
+            sink = MlflowSink(uri, run.run_dir, self.spool, run.config.tracking.experiment)
             self.sender = Sender(self.spool, sink, "mlflow")  # never started: this thread sends
             return self._repair(sink, outcome)
         except Blocked as e:
@@ -587,8 +604,8 @@ def _repair_current(run_dir: Path, uri: str) -> None:
     except UserError:
         # Your own loop's config.yaml holds your params (tracked_train.Run), and its checkpoints are no model
         # a Logged Model is made from: the rest of the ending is repaired.
-        cfg = Config().replace(**{"tracking.log_model": False})
-    cfg = cfg.replace(**{"tracking.mlflow_uri": uri})  # the server sync sends to
+        cfg = Config().replace(**{"tracking.mlflow.log_model": False})
+    cfg = cfg.replace(**{"tracking.mlflow.uri": uri})  # the server sync sends to
     line = MlflowTracker().repair_ending(RunInfo(run_dir.name, run_dir, cfg), outcome)
     if line:
         log.info("%s", line)

@@ -138,9 +138,10 @@ def check(o: Options) -> Plan:
         raise _leftover_error(Path(base.run.output_dir), name, storage_url)
     mlflow_uri = None
     if any(spec.partition("=")[0] == "mlflow" for spec in base.tracking.trackers):
+        from ..mlflow.client import configured_uri
         from ..mlflow.sweep import check as check_mlflow
 
-        mlflow_uri = check_mlflow(base.tracking.mlflow_uri)
+        mlflow_uri = check_mlflow(configured_uri(base))
     return Plan(o, base, space, name, storage_url, mlflow_uri)
 
 
@@ -375,7 +376,7 @@ def _job(w: Worker, trial: Any) -> tuple[Any, dict[str, str], Path | None]:
     name = f"{p.study_name}-t{trial.number:03d}"
     cfg = config.build([(f"{p.space.path} (trial {trial.number})", {
         **params, "run.name": name,
-        "tracking.wandb_group": p.base.tracking.wandb_group or p.study_name,  # W&B: the trials share a group
+        "tracking.wandb.group": p.base.tracker_args.get("wandb", {}).get("group") or p.study_name,  # W&B: one group
     })], p.base)
     run_dir = Path(cfg.run.output_dir) / name
     continued = _killed_folder(w, trial)

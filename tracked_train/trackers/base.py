@@ -14,6 +14,11 @@ the user named. Contract for implementers:
 - ``state()`` is stored in every checkpoint and handed back as
   ``RunInfo.resume_state`` on resume, so a backend can continue the same run.
 - ``finish`` flushes everything and ends the run with the outcome's status.
+
+A tracker's own settings are a frozen dataclass, its ``Settings`` (as a task's): the config's section
+``tracking.<name>:`` (``--set tracking.<name>.<field>=...``, ``TRACKED_TRAIN_TRACKING_<NAME>_<FIELD>``), typed
+and validated before anything is made, and handed to ``start`` as ``RunInfo.settings``. A field whose
+``metadata`` has ``"secret": True`` is redacted wherever the config is recorded.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class RunInfo:
     # The run's params as trackers show them (W&B's config, TensorBoard's hparams); None: ``config.flat()``.
     # A run of your own loop (tracked_train.Run) has your config here, not tracked-train's.
     params: dict[str, Any] | None = None
+    settings: Any = None  # the tracker's own Settings instance (tracking.<name>:), set for each tracker at start
 
     def shown_params(self) -> dict[str, Any]:
         return self.config.flat() if self.params is None else self.params
@@ -105,8 +111,14 @@ class Outcome:
         }
 
 
+@dataclass(frozen=True)
+class NoSettings:
+    """A tracker without settings of its own: ``tracking.<name>:`` must stay empty."""
+
+
 class Tracker(ABC):
     name: ClassVar[str]
+    Settings: ClassVar[type] = NoSettings
 
     @abstractmethod
     def start(self, run: RunInfo) -> None: ...
@@ -172,9 +184,8 @@ def available() -> list[str]:
     return sorted({*_BUILTIN, *_REGISTERED, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
 
 
-def create(spec: str) -> Tracker:
-    """``"mlflow"`` or ``"webhook=https://..."`` -> a tracker instance."""
-    name, _, arg = spec.partition("=")
+def tracker_class(name: str) -> Callable[..., Tracker]:
+    """The class (or factory) registered as ``name``: built-in, ``@register``'d, or an entry point."""
     factory = _REGISTERED.get(name)
     if factory is None and name in _BUILTIN:
         module, cls = _BUILTIN[name].split(":")
@@ -187,7 +198,32 @@ def create(spec: str) -> Tracker:
             factory = eps[0].load()
     if factory is None:
         raise UserError(f"unknown tracker '{name}'; available: {', '.join(available())}")
+    return factory
+
+
+def settings_class(name: str) -> type:
+    """The dataclass of tracker ``name``'s own settings (:class:`NoSettings` for none)."""
+    import dataclasses
+
+    s = getattr(tracker_class(name), "Settings", NoSettings)
+    if not dataclasses.is_dataclass(s):
+        raise UserError(f"tracker {name}: Settings must be a dataclass of the tracker's settings")
+    return s
+
+
+def create(spec: str) -> Tracker:
+    """``"mlflow"`` or ``"webhook=https://..."`` -> a tracker instance."""
+    name, _, arg = spec.partition("=")
+    factory = tracker_class(name)
     return factory(arg) if arg else factory()
+
+
+def settings_of(tracker: Any, run: RunInfo) -> Any:
+    """``tracker``'s own Settings for ``run``: as ``start`` was handed them, else its defaults and the run config's
+    ``tracking.<name>:`` (a tracker started outside :class:`Trackers`, e.g. to repair a run's ending)."""
+    if run.settings is not None:
+        return run.settings
+    return getattr(tracker, "Settings", NoSettings)(**run.config.tracker_args.get(tracker.name, {}))
 
 
 class Trackers:
@@ -226,7 +262,7 @@ class Trackers:
         for t in self.trackers:
             state = (run.resume_state or {}).get(t.name)
             try:
-                t.start(replace(run, resume_state=state))
+                t.start(replace(run, resume_state=state, settings=settings_of(t, run)))
             except BaseException:
                 for s in started:  # leave no run half-open on a server
                     s.abort()

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from ..errors import UserError, describe
 from ..redact import redact
 from ..task import monitor_of
 from . import jsonl
-from .base import Outcome, RunInfo, Tracker
+from .base import Outcome, RunInfo, Tracker, settings_of
 from .snapshot import remove, snapshot
 
 if TYPE_CHECKING:
@@ -67,8 +67,20 @@ def _wandb():  # noqa: ANN202 - the module, imported only when a run asks for W&
     return wandb
 
 
+@dataclass(frozen=True)
+class WandbSettings:
+    """``tracking.wandb:``, the W&B tracker's own settings. None falls back to WANDB_PROJECT / WANDB_ENTITY,
+    then project "tracked-train"."""
+
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+
+
 class WandbTracker(Tracker):
     name = "wandb"
+    Settings = WandbSettings
 
     def __init__(self) -> None:
         self._run: Any = None
@@ -87,7 +99,8 @@ class WandbTracker(Tracker):
         offline = self._offline = mode in ("offline", "dryrun")
         if not offline:
             self._check_credentials(wandb)
-        tc, prev = run.config.tracking, run.resume_state or {}
+        tc: WandbSettings = settings_of(self, run)
+        prev = run.resume_state or {}
         self._folder = (run.run_dir / FOLDER).resolve()  # absolute: `wandb sync` may run from anywhere
         self._folder.mkdir(parents=True, exist_ok=True)
         # Offline, what the earlier segments' files hold (W&B's writer buffers: a kill -9 loses their last rows).
@@ -100,9 +113,9 @@ class WandbTracker(Tracker):
         )
         try:
             self._run = wandb.init(
-                project=prev.get("project") or tc.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-                entity=prev.get("entity") or tc.wandb_entity or None,  # None: wandb reads WANDB_ENTITY
-                group=tc.wandb_group, tags=list(tc.wandb_tags) or None, job_type="train",
+                project=prev.get("project") or tc.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                entity=prev.get("entity") or tc.entity or None,  # None: wandb reads WANDB_ENTITY
+                group=tc.group, tags=list(tc.tags) or None, job_type="train",
                 name=run.name, dir=str(self._folder), settings=settings,
                 config=run.config.to_dict() if run.params is None else _nested(run.params),
                 **self._continuation(run, prev.get("run_id")),

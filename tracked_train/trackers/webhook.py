@@ -1,10 +1,10 @@
 """Webhook alerts: a JSON POST when a run starts, evaluates, misbehaves and stops.
 
-``--tracker webhook=URL``, else ``tracking.webhook_url``, else the
+``--tracker webhook=URL``, else ``tracking.webhook.url``, else the
 ``TRACKED_TRAIN_WEBHOOK_URL`` environment variable. The URL is a secret (chat
 webhooks carry their token in the path): it is redacted from every record and
 never logged, so on resume it must come from the environment or ``--set``.
-``tracking.webhook_format`` shapes the body: ``json`` (the event object),
+``tracking.webhook.format`` shapes the body: ``json`` (the event object),
 ``discord`` (``{"content": text}``) or ``slack`` (``{"text": text}``).
 
 The training thread only appends to a bounded queue; one sender thread POSTs
@@ -23,15 +23,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..early_stopping import Monitor
 from ..errors import UserError
 from ..redact import REDACTED
 from ..task import monitor_of
-from .base import Outcome, RunInfo, Tracker
+from .base import Outcome, RunInfo, Tracker, settings_of
 
 log = logging.getLogger("tracked_train")
 
@@ -63,8 +64,18 @@ def _number(value: Any) -> float:
     return math.inf if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class WebhookSettings:
+    """``tracking.webhook:``, the webhook tracker's own settings."""
+
+    # Where alerts go (else --tracker webhook=URL or TRACKED_TRAIN_WEBHOOK_URL): a secret, redacted in records.
+    url: str | None = field(default=None, metadata={"secret": True})
+    format: Literal["json", "discord", "slack"] = "json"  # the body: the event object, or a chat message
+
+
 class WebhookTracker(Tracker):
     name = "webhook"
+    Settings = WebhookSettings
 
     def __init__(self, url: str | None = None):
         self._arg = url
@@ -80,14 +91,14 @@ class WebhookTracker(Tracker):
 
     # -- start ---------------------------------------------------------------------------------
     def start(self, run: RunInfo) -> None:
-        tc = run.config.tracking
-        url = next((u for u in (self._arg, tc.webhook_url, os.environ.get(ENV_URL)) if _usable(u)), None)
+        tc: WebhookSettings = settings_of(self, run)
+        url = next((u for u in (self._arg, tc.url, os.environ.get(ENV_URL)) if _usable(u)), None)
         if url is None:
-            raise UserError(f"the webhook tracker needs a URL: --tracker webhook=URL, tracking.webhook_url or "
+            raise UserError(f"the webhook tracker needs a URL: --tracker webhook=URL, tracking.webhook.url or "
                             f"{ENV_URL} (on resume the recorded URL is redacted: set {ENV_URL})")
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise UserError(f"webhook URL {_where(url)!r} is not an http(s) URL; use e.g. https://host/path")
-        self.url, self.format, self._run = url, tc.webhook_format, run.name
+        self.url, self.format, self._run = url, tc.format, run.name
         es = run.config.early_stopping
         self._monitor = Monitor(*monitor_of(run.config), es.patience, es.min_delta)
         state = run.resume_state or {}
