@@ -29,8 +29,9 @@ from .runner import Attempt, lifecycle, make_run_dir, read_tracker_state
 
 log = logging.getLogger("tracked_train")
 
-# Where a run is recorded or displayed, not how it trains: free to differ on resume.
-NOT_DRIFT = ("run.", "console.", "tracking.")
+# Where a run is recorded or displayed, not how it trains: free to differ on resume. (`logging.every` changes
+# when values are read back from the device, not what they are.)
+NOT_DRIFT = ("run.", "console.", "tracking.", "logging.")
 # A run that stopped for one of these ended on purpose (exit 0): a resume leaves it alone.
 FINISHED_REASONS = tuple(r.value for r in StopReason if r.exit_code == 0)
 FINISHED = "finished"  # what rank 0 tells the other torchrun ranks when there is nothing to resume
