@@ -253,6 +253,17 @@ def test_a_loss_gone_non_finite_between_read_backs_stops_there_and_leaves_last_a
     assert [s for s, _ in series(run_dir, "val/loss")] == [10]  # no evaluation of diverged weights
 
 
+@pytest.mark.slow  # torch.compile takes ~20 s on 2 CPU cores
+def test_compilation_is_reported_apart_from_training(tmp_path):
+    code, run_dir = run(tmp_path, "compiled", "training.compile=true", "training.max_steps=12", "logging.every=5")
+    assert code == 0 and [s for s, _ in series(run_dir, "train/loss")] == list(range(1, 13))
+    said = [ln for ln in (run_dir / "train.log").read_text().splitlines() if " took " in ln]
+    assert len(said) == 1 and "step 1 took" in said[0] and "(torch.compile compiling, allocations)" in said[0]
+    # Step 1 is read back alone: its rate (compilation included) is its own, not the next steps'.
+    rates = dict(series(run_dir, "train/tokens_per_sec"))
+    assert rates[1] != rates[2] and rates[2] == rates[5]
+
+
 def test_a_bad_read_back_interval_is_a_config_error():
     from tracked_train.errors import ConfigError
 

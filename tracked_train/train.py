@@ -54,6 +54,7 @@ class Parts:
     amp: Any  # () -> autocast context
     st: LoopState
     evaluated: dict[str, float] = field(default_factory=dict)  # the validation metrics of step st.last_eval_step
+    compiled: bool = False  # `forward` is torch.compile'd: its first step compiles
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -167,7 +168,8 @@ def build(cfg: Config, run_dir: Path, task: Task, trackers: Trackers, state: dic
         if dist.enabled and len(state.get("rng_per_rank", [])) == dist.world_size:
             rng = state["rng_per_rank"][dist.rank]
         set_rng_state(rng)  # last, so nothing above consumes the restored streams
-    return Parts(cfg, run_dir, task, model, forward, opts, scaler, stopper, trackers, device, amp, st)
+    return Parts(cfg, run_dir, task, model, forward, opts, scaler, stopper, trackers, device, amp, st,
+                 compiled=compiled)
 
 
 def make_stopper(cfg: Config, run_dir: Path | str = "RUN_DIR", judge: Judge | None = None) -> Stopper:
@@ -342,7 +344,7 @@ def _read_back(p: Parts, window: Window, progress: Progress, tokens_per_step: in
         p.stopper.observe(step, metrics)
     if rows[-1][0] == first:
         progress.restart_clock(first)  # the rate and ETA from here on leave out the first step
-        if p.forward is not p.model and seconds > 1:
+        if p.compiled:
             log.info("step %d took %.1f s (torch.compile compiling, allocations); tokens/s, MFU, the ETA and "
                      "the time budget's pace leave it out", first, seconds)
 
