@@ -163,10 +163,10 @@ def bare(setup: Setup, out: Path) -> None:
                                "flops_per_token": model.flops_per_token()}))
 
 
-def tracked(setup: Setup, work: Path) -> dict:
-    """`tracked-train run` with jsonl + MLflow (embedded store); its figures from metrics.jsonl."""
+def tracked(setup: Setup, work: Path, trackers: str) -> dict:
+    """`tracked-train run` with ``trackers`` (jsonl + MLflow, an embedded store); its figures from metrics.jsonl."""
     cmd = [sys.executable, "-m", "tracked_train", "run", "--output-dir", str(work / "runs"), "--run-name", "gpu"]
-    for s in [*setup.sets(), "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri=sqlite:///{work}/mlflow.db",
+    for s in [*setup.sets(), f"tracking.trackers=[{trackers}]", f"tracking.mlflow.uri=sqlite:///{work}/mlflow.db",
               "tracking.experiment=gpu-bench"]:
         cmd += ["--set", s]
     rss = _child(cmd, work, "tracked.log", cwd=work)  # MLflow puts a sqlite store's artifacts in ./mlruns
@@ -198,6 +198,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--grad-accum", type=int, default=None, help="micro-batches a step (the recipe has 32)")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--trackers", default="jsonl,mlflow", help="tracked-train's trackers (jsonl alone where "
+                    "mlflow is not installed)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (runs, logs, MLflow store)")
     ap.add_argument("--child", choices=["bare"], help=argparse.SUPPRESS)
     ap.add_argument("--setup", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -223,7 +226,7 @@ def main() -> None:
            "--out", str(work / "bare.json")]
     bare_rss = _child(cmd, work, "bare.log")
     b = json.loads((work / "bare.json").read_text())
-    tr = tracked(setup, work)
+    tr = tracked(setup, work, args.trackers)
     peak = args.peak_tflops or (peak_tflops(None, "cuda:0") if setup.device == "cuda" else None)
     device = torch.cuda.get_device_name(0) if setup.device == "cuda" else _cpu_name()
     print(f"# {device}, torch {torch.__version__}, {setup.steps} steps of {setup.tokens_per_step:,} tokens "
@@ -233,7 +236,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     figures = {}
     for name, stamps, mem, first in (("bare PyTorch", b["stamps"], b["peak_mib"] or bare_rss, b["stamps"]["1"]),
-                                     ("tracked-train (jsonl + MLflow)", tr["stamps"], tr["peak_mib"], tr["first_s"])):
+                                     (f"tracked-train ({' + '.join(args.trackers.split(','))})", tr["stamps"],
+                                      tr["peak_mib"], tr["first_s"])):
         stamps = {int(k): v for k, v in stamps.items()}
         a, z = setup.warmup, max(stamps)
         tok_s = (z - a) * setup.tokens_per_step / (stamps[z] - stamps[a])
@@ -241,7 +245,12 @@ def main() -> None:
         mfu = f"{100 * b['flops_per_token'] * tok_s / (peak * 1e12):.1f} %" if peak else "n/a (no peak known)"
         ratio = tok_s / figures["bare PyTorch"]
         print(f"| {name} | {tok_s:,.0f} | {ratio:.3f} | {mfu} | {mem:,.0f} | {first:.2f} |")
-    print(f"(work folder: {work})")
+    if args.keep:
+        print(f"(work folder: {work})")
+    else:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)  # kept when a loop fails: its log is there
 
 
 def _cpu_name() -> str:

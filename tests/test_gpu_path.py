@@ -21,8 +21,8 @@ def test_the_gpu_benchmark_smoke_run_prints_its_table():
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| ([^|]+?) \| [\d,]+ \| ([\d.]+) \|", r.stdout,
                                                                  re.M)}
-    assert set(rows) == {"bare PyTorch", "tracked-train (jsonl + MLflow)"}, r.stdout
-    assert rows["bare PyTorch"] == 1.0 and rows["tracked-train (jsonl + MLflow)"] > 0
+    assert set(rows) == {"bare PyTorch", "tracked-train (jsonl + mlflow)"}, r.stdout
+    assert rows["bare PyTorch"] == 1.0 and rows["tracked-train (jsonl + mlflow)"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
