@@ -101,7 +101,7 @@ def test_a_killed_budgeted_run_resumes_its_plan(tmp_path):
     run = tmp_path / "runs" / "k"
 
     def checkpointed_with_a_plan() -> bool:
-        from tracked_train.train import saved_step
+        from tracked_train.parts import saved_step
 
         step = saved_step(run)
         return isinstance(step, int) and step >= 20 and max((s for s, _ in _lrs(run)), default=0) >= step + 2
@@ -111,7 +111,7 @@ def test_a_killed_budgeted_run_resumes_its_plan(tmp_path):
     proc.wait()
     killed = dict(_lrs(run))
     shutil.copy(run / "metrics.jsonl", tmp_path / "killed.jsonl")
-    from tracked_train.train import saved_step
+    from tracked_train.parts import saved_step
 
     ckpt = saved_step(run)
     assert max(killed) > ckpt + 1 and [r for r in records(run) if r.get("event") == "stop"] == []

@@ -239,7 +239,7 @@ def prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[st
     """The task's data and model: fresh, resumed from a checkpoint state, or initialised from its weights."""
     from . import task as tasks
     from .checkpoint import load_weights
-    from .train import build
+    from .parts import build
 
     t0 = time.perf_counter()
     task = tasks.create(cfg)
@@ -271,7 +271,8 @@ def run_prepared(parts) -> Outcome:
 
 
 def _train_and_end(parts) -> Outcome:
-    from .train import saved_step, train
+    from .parts import saved_step
+    from .train import train
 
     trackers = parts.trackers
     try:

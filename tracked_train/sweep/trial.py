@@ -126,9 +126,9 @@ def run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
 def _continue(run_dir: Path, judge: Judge, tags: dict[str, str]) -> Outcome | None:
     """Resume a killed trial's folder into its own tracked runs; the judge first hears its evaluations so far."""
     from .. import runner
+    from ..parts import saved_step
     from ..resume import continue_in_place
     from ..trackers import jsonl
-    from ..train import saved_step
 
     saved = saved_step(run_dir)
     for r in jsonl.read(run_dir / jsonl.FILENAME):  # the pruner judges the whole curve, not the resumed part only
