@@ -65,7 +65,7 @@ def test_best_val_bpb_is_the_best_steps_value_in_the_ending(multibyte_run):
 
 
 def _run(name: str, vocab: str, val: list[float], per_char: list[float], bpb: list[float]):
-    from tracked_train.compare import Run
+    from tracked_train.run_records import Run
 
     history = {"val/loss": list(enumerate(val)), "val/nats_per_char": list(enumerate(per_char)),
                "val/bpb": list(enumerate(bpb))}

@@ -207,7 +207,7 @@ def test_bad_references_say_so_in_one_line(runs, refs, says):
 
 
 def _run(name: str, vocab: str, lr: str, val: list[float], per_char: list[float]):
-    from tracked_train.compare import Run
+    from tracked_train.run_records import Run
 
     params = {"tokenizer.vocab_size": vocab, "training.lr": lr, "training.checkpoint_every": "50",
               "training.eval_batches": "10", "model.d_model": "64"}

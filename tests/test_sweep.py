@@ -205,6 +205,13 @@ def test_compare_and_runs_understand_the_sweep(mlflow_server, sweep_dir):
     rows = json.loads(r.stdout)
     assert [x["trial"] for x in rows] == sorted(x["trial"] for x in rows) and len(rows) == 6
     assert "pruned" in {x["stop_reason"] for x in rows} <= {"pruned", "completed"}  # the killed one was continued
+    # The same rows as a table and as CSV (the renderer `runs` and `compare` share).
+    table = cli("runs", "--sweep", "s", cwd=tmp, env=env)
+    lines = [ln.split() for ln in table.stdout.splitlines() if ln.strip()]
+    assert table.returncode == 0 and lines[0][:3] == ["trial", "name", "status"], table.stdout
+    assert [int(ln[0]) for ln in lines[1:] if ln[0].isdigit()] == [x["trial"] for x in rows]
+    csv_rows = cli("runs", "--sweep", "s", "--format", "csv", cwd=tmp, env=env).stdout.splitlines()
+    assert csv_rows[0].split(",")[:2] == ["trial", "name"] and len(csv_rows) == 7
 
 
 BAD_SPACES = {

@@ -81,11 +81,11 @@ def expand(refs: list[str], output_dir: Path) -> list[str]:
 
 def runs_table(study: str, experiment: str | None, output_dir: Path, fmt: str) -> int:
     """`runs --sweep NAME`: the trials only, with their number, in trial order."""
-    import csv
     import json
 
-    from ..compare import list_runs
     from ..mlflow.store import Store
+    from ..render import print_table, write_csv
+    from ..run_records import list_runs
 
     store = Store()
     found = trials(study, output_dir, store)
@@ -104,13 +104,9 @@ def runs_table(study: str, experiment: str | None, output_dir: Path, fmt: str) -
         return 0
     cols = ["trial", "name", "status", "stop_reason", "steps", "best_val_loss", "duration_s", "id"]
     if fmt == "csv":
-        w = csv.writer(sys.stdout)
-        w.writerow(cols)
-        w.writerows([[r[c] for c in cols] for r in rows])
+        write_csv([cols] + [[r[c] for c in cols] for r in rows])
         return 0
-    cells = [cols] + [["" if r[c] is None else (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]))
-                       for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    cells = [["" if r[c] is None else (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
+             for r in rows]
+    print_table(cols, cells, right={"trial", "steps", "best_val_loss", "duration_s"}, fold={"id"})
     return 0
