@@ -267,6 +267,11 @@ LM_SECTIONS = ("data", "tokenizer", "model")
 TASK_ARGS = "task_args."
 
 
+def _known(key: str) -> bool:
+    """A key `--set` and the environment may name: a field, a task's or tracker's setting, or an older name."""
+    return key in FIELDS or key in DEPRECATED_KEYS or key.startswith(TASK_ARGS) or tracker_key(key) is not None
+
+
 def tracker_key(key: str) -> tuple[str, str] | None:
     """``tracking.mlflow.uri`` -> ``("mlflow", "uri")``: a tracker's own setting; None for any other key."""
     parts = key.split(".")
@@ -320,7 +325,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r} is not KEY=VALUE; write e.g. --set training.lr=3e-4")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key not in FIELDS and key not in DEPRECATED_KEYS and not key.startswith(TASK_ARGS) and not tracker_key(key):
+    if not _known(key):
         raise _unknown_key(key)
     if raw.strip() == "":
         return key, None
@@ -356,11 +361,18 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: section '{sec}' must be a mapping of keys, e.g. '{sec}:\\n  key: value'")
-        for k, v in values.items():
-            if sec == "tracking" and isinstance(v, dict):  # a tracker's own section: `mlflow: {uri: ...}`
-                out.update({f"tracking.{k}.{name}": x for name, x in v.items()})
-            else:
-                out[f"{sec}.{k}"] = v
+        out.update(_dotted(sec, values))
+    return out
+
+
+def _dotted(sec: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's keys as dotted names; a tracker's own section nests one level: `tracking.mlflow.uri`."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if sec == "tracking" and isinstance(v, Mapping):
+            out.update({f"tracking.{k}.{name}": x for name, x in v.items()})
+        else:
+            out[f"{sec}.{k}"] = v
     return out
 
 
@@ -438,8 +450,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         key = _env_key(name)
-        if key is None or (key not in FIELDS and key not in DEPRECATED_KEYS and not key.startswith(TASK_ARGS)
-                           and not tracker_key(key)):
+        if key is None or not _known(key):
             raise _unknown_env(name)
         out[key] = parse_assignment(f"{key}={raw}")[1]
     return out
@@ -615,11 +626,7 @@ def from_dict(nested: Mapping[str, Mapping[str, Any]], source: str = "checkpoint
         elif not isinstance(vals, Mapping):
             raise ConfigError(f"{source}: section '{s}' is not a mapping of keys")
         else:
-            for k, v in vals.items():
-                if s == "tracking" and isinstance(v, Mapping):  # a tracker's own section
-                    flat.update({f"tracking.{k}.{name}": x for name, x in v.items()})
-                else:
-                    flat[f"{s}.{k}"] = v
+            flat.update(_dotted(s, vals))
     return build([(source, flat)], strict=False)
 
 
