@@ -173,7 +173,7 @@ def test_a_wrong_tracker_setting_is_one_config_error_line(sets, environ, expecte
 def test_a_tracking_key_from_before_the_trackers_sections_still_works_and_says_its_new_name(caplog):
     from tracked_train import config
 
-    config._noticed.clear()
+    config.layers._noticed.clear()
     cfg = config.resolve(None, ["tracking.wandb_project=p", "tracking.mlflow_uri=http://h:5000"], environ={})
     assert cfg.tracker_args["wandb"]["project"] == "p" and cfg.tracker_args["mlflow"]["uri"] == "http://h:5000"
     notices = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
