@@ -36,10 +36,10 @@ from typing import Any
 
 from .early_stopping import Stop, StopReason
 from .errors import UserError, describe
+from .your_loop_checks import MARK, check_folder, check_loadable, flatten, read_last
 
 log = logging.getLogger("tracked_train")
 
-MARK = "own_loop"  # in every checkpoint this module writes: a `tracked-train run` checkpoint is another format
 
 
 class Run:
@@ -94,7 +94,7 @@ class Run:
 
         cfg, params = self._settings()
         if not self._tracking_here:
-            self._state = _read_last(self.run_dir) if self.run_dir.is_dir() else None
+            self._state = read_last(self.run_dir) if self.run_dir.is_dir() else None
             self.start_step = self._state["step"] if self._state else 0
         else:
             self._open_folder(cfg, params)
@@ -131,7 +131,7 @@ class Run:
         from .trackers import RunInfo, Trackers
 
         Trackers.from_specs(cfg.tracking.trackers)  # an unknown tracker name fails before any folder
-        new = _check_folder(self.run_dir)
+        new = check_folder(self.run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -141,7 +141,7 @@ class Run:
         trackers, started = Trackers.from_specs(cfg.tracking.trackers), False
         try:
             clean(self.run_dir / "checkpoints")  # what a save cut by a kill left behind
-            self._state = _read_last(self.run_dir)
+            self._state = read_last(self.run_dir)
             self.start_step = self._state["step"] if self._state else 0
             # trackers.json is rewritten at every checkpoint and before the ending, so it is at least as new as
             # the checkpoint's copy: a W&B run knows it holds the steps logged after the checkpoint, say.
@@ -345,84 +345,3 @@ class Run:
     def _check_open(self) -> None:
         if not self._open:
             raise RuntimeError("this Run is not started: use `with tracked_train.Run(...) as run:` or run.start()")
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"opt": {"lr": 1e-3}}`` -> ``{"opt.lr": 1e-3}``; values must be what every tracker can record."""
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if not isinstance(k, str):
-            raise UserError(f"config key {prefix}{k!r} is not a string; name every setting with a string")
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{name}."))
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v):
-            out[name] = list(v)
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            out[name] = v
-        else:
-            raise UserError(f"config value {name} is a {type(v).__name__}; give numbers, strings, booleans, "
-                            "None, or lists or mappings of them (a tracker records nothing else)")
-    return out
-
-
-def check_loadable(state: Any, path: str = "state") -> None:
-    """Refuse what a weights-only load cannot read back, naming where it is (before anything is written)."""
-    import torch
-
-    if isinstance(state, Mapping):
-        for k, v in state.items():
-            if not isinstance(k, (str, int)):
-                raise TypeError(f"{path} has a key of type {type(k).__name__}; use strings or integers")
-            check_loadable(v, f"{path}[{k!r}]")
-    elif isinstance(state, (list, tuple)):
-        for i, v in enumerate(state):
-            check_loadable(v, f"{path}[{i}]")
-    elif not (state is None or isinstance(state, (bool, int, float, str, bytes, torch.Tensor, torch.dtype,
-                                                    torch.Size, torch.device))):
-        raise TypeError(f"{path} is a {type(state).__name__}: a checkpoint holds tensors, numbers, strings and "
-                        "dicts / lists of them (they load weights-only); convert it, e.g. torch.as_tensor(...)")
-
-
-def _check_folder(run_dir: Path) -> bool:
-    """True for a new folder; a folder of this API's runs continues; anything else is refused in one line."""
-    from .sources import is_run_folder
-
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run folder; give the path of a folder (new or a run's)")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return True
-    if not is_run_folder(run_dir) and not (run_dir / "trackers.json").exists():
-        raise UserError(f"{run_dir} holds other files and is not a run folder; give a new or empty folder, "
-                        "or one a Run made")
-    last = _read_last(run_dir, check_only=True)
-    if last is False:
-        raise UserError(f"{run_dir} is a run of `tracked-train run`; continue it with `tracked-train resume "
-                        f"{run_dir}`, or give another folder")
-    return False
-
-
-def _read_last(run_dir: Path, check_only: bool = False) -> Any:
-    """The last checkpoint's state (None when there is none yet; with ``check_only``, False for a checkpoint of
-    another format)."""
-    import pickle
-
-    import torch
-
-    from . import checkpoint
-
-    folder = run_dir / "checkpoints" / "last"
-    try:
-        folder = checkpoint.locate(folder)
-    except checkpoint.CheckpointError:
-        return None
-    checkpoint.verify(folder)
-    try:
-        state = torch.load(folder / checkpoint.STATE_FILE, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"checkpoint {folder} refused: {describe(e)}") from None
-    if not isinstance(state, dict) or not state.get(MARK) or not isinstance(state.get("step"), int):
-        if check_only:
-            return False
-        raise checkpoint.CheckpointError(f"checkpoint {folder} is not one a Run saved")
-    return True if check_only else state
