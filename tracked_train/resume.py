@@ -99,23 +99,22 @@ def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) 
         cfg = config.build([("--set", overrides)], base=saved)
         changes = check_drift(saved, cfg, allow)
         check_weights(cfg, state, folder)
-        if origin["kind"] == "mlflow":
-            cfg = cfg.replace(**{"tracking.mlflow.uri": origin["uri"]})  # where the run lives now
-            if not fork and _finished_on_server(origin["run"], changes, which):
+        if origin.tracker:  # a tracked run on a server: the continuation goes on there
+            cfg = cfg.replace(**{f"tracking.{origin.tracker}.uri": origin.uri})  # where the run lives now
+            if not fork and _finished_on_server(origin, changes, which):
                 return None
         # A fresh local folder holds the continuation. Its name may come from a server: it is untrusted.
         from .names import sanitise
 
-        name = sanitise(origin["run"].info.run_name or "", "resumed") if origin["kind"] == "mlflow" else (
-            cfg.run.name or "resumed")
+        name = sanitise(origin.name or "", "resumed") if origin.tracker else (cfg.run.name or "resumed")
         tags: dict[str, str] = {}
         tracker_state: dict[str, Any] | None = dict(state.get("trackers") or {})
         if fork:
             name = sanitise(f"{name}-fork-{time.strftime('%Y%m%d-%H%M%S')}")
-            tags["resumed_from"] = origin.get("run_id") or str(origin.get("run_dir") or source)
+            tags["resumed_from"] = origin.run_id or str(origin.run_dir or source)
             tracker_state = None  # every tracker starts a new run, the old one is untouched
-        elif origin["kind"] == "mlflow":
-            tracker_state["mlflow"] = {**(tracker_state.get("mlflow") or {}), "run_id": origin["run_id"]}
+        elif origin.tracker:
+            tracker_state[origin.tracker] = {**(tracker_state.get(origin.tracker) or {}), "run_id": origin.run_id}
         run_dir = make_run_dir(Path(cfg.run.output_dir), name, exact=False)
         lock = RunLock(run_dir).acquire()
         try:
@@ -276,11 +275,11 @@ def repair_endings(run_dir: Path, cfg: config.Config, stop: dict) -> None:
             log.info("%s", line)
 
 
-def _finished_on_server(run: Any, changes: dict, which: str) -> bool:
-    reason = run.data.tags.get("stop_reason")
-    if run.info.status != "FINISHED" or reason not in FINISHED_REASONS or changes or which != "last":
+def _finished_on_server(origin: sources.Origin, changes: dict, which: str) -> bool:
+    if origin.status != "FINISHED" or origin.stop_reason not in FINISHED_REASONS or changes or which != "last":
         return False
-    _say_finished(f"MLflow run {run.info.run_id}", reason, run.data.tags.get("stop_step"))
+    what = {"mlflow": "MLflow"}.get(origin.tracker or "", origin.tracker)
+    _say_finished(f"{what} run {origin.run_id}", origin.stop_reason, origin.stop_step)
     return True
 
 

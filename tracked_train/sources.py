@@ -33,6 +33,21 @@ class Ref:
     value: str  # a path, or a run id
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a fetched checkpoint came from: a local folder, or a tracked run on a tracker's server (whose name,
+    status and stop tags are untrusted text from that server)."""
+
+    run_dir: Path | None = None  # the run folder; None for a bare checkpoint folder or a server's run
+    tracker: str | None = None  # the tracker whose server holds the run (mlflow); None when local
+    run_id: str | None = None
+    uri: str | None = None  # that server, as the tracker's `uri` setting names it
+    name: str | None = None
+    status: str | None = None  # FINISHED, FAILED, KILLED, RUNNING
+    stop_reason: str | None = None
+    stop_step: str | None = None
+
+
 def parse(ref: str) -> Ref:
     if ref.startswith("mlflow:"):
         return Ref("mlflow", _run_id(ref[len("mlflow:"):], ref))
@@ -51,7 +66,7 @@ def _run_id(value: str, ref: str) -> str:
 
 
 @contextlib.contextmanager
-def fetched(ref: str, which: str = "last", mlflow_uri: str | None = None) -> Iterator[tuple[Path, dict]]:
+def fetched(ref: str, which: str = "last", mlflow_uri: str | None = None) -> Iterator[tuple[Path, Origin]]:
     """A verified local checkpoint folder for ``ref`` plus where it came from; downloads removed after.
 
     ``which`` is ``last`` or ``best``; for a server, a damaged ``last`` (an
@@ -66,7 +81,9 @@ def fetched(ref: str, which: str = "last", mlflow_uri: str | None = None) -> Ite
     client, uri = open_client(mlflow_uri)
     run = get_run(client, r.value)
     root = Path(tempfile.mkdtemp(prefix="tracked-train-"))
-    origin = {"kind": "mlflow", "run_id": r.value, "uri": uri, "run": run}
+    tags = run.data.tags
+    origin = Origin(tracker="mlflow", run_id=r.value, uri=uri, name=run.info.run_name, status=run.info.status,
+                    stop_reason=tags.get("stop_reason"), stop_step=tags.get("stop_step"))
     try:
         try:
             folder = download_checkpoint(client, r.value, which, root / which)
@@ -87,12 +104,12 @@ def is_run_folder(path: Path) -> bool:
     return (path / "checkpoints").is_dir() or ((path / "config.yaml").is_file() and (path / "metrics.jsonl").exists())
 
 
-def _local(value: str, which: str) -> tuple[Path, dict]:
+def _local(value: str, which: str) -> tuple[Path, Origin]:
     path = Path(value)
     if is_run_folder(path):
-        return checkpoint.find(path / "checkpoints", which), {"kind": "local", "run_dir": path}
+        return checkpoint.find(path / "checkpoints", which), Origin(run_dir=path)
     if (path / checkpoint.MANIFEST).is_file() or (path.parent / checkpoint.MANIFEST).is_file():
-        return (path if path.is_dir() else path.parent), {"kind": "local", "run_dir": None}
+        return (path if path.is_dir() else path.parent), Origin()
     raise UserError(f"no run folder or checkpoint at {value}; pass a run folder, a checkpoint folder, "
                     "mlflow:RUN_ID or runs:/RUN_ID")
 
