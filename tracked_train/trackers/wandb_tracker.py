@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..background import Background
 from ..errors import UserError, describe
 from ..redact import redact
 from ..task import monitor_of
@@ -288,33 +287,18 @@ class _MetricPump:
 
     def __init__(self, run: Any):
         self.run = run
-        self.queue: queue.Queue = queue.Queue(maxsize=10_000)
-        self._warned = False
-        self.lost = 0
-        self._thread = threading.Thread(target=self._loop, name="wandb-metrics", daemon=True)
-        self._thread.start()
+        self.queue: Background[tuple[dict[str, Any], int]] = Background(
+            "wandb-metrics", lambda item: run.log(item[0], step=item[1]), maxsize=10_000,
+            failure_text=lambda item, e: f"wandb: could not log step {item[1]}: {describe(e, 200)} "
+                                         "(further failures are counted at the end)")
+        self.put = self.queue.put
 
-    def put(self, item: tuple[dict[str, Any], int]) -> None:
-        if not self._thread.is_alive():  # cannot happen (the loop catches everything); never block training on it
-            raise RuntimeError("the W&B logging thread is not running")
-        self.queue.put(item)
+    @property
+    def lost(self) -> int:  # rows W&B never got: the pump blocks when full and close waits, so only failures
+        return self.queue.failed
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self.queue.put(None)
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while (item := self.queue.get()) is not None:
-            row, step = item
-            try:
-                self.run.log(row, step=step)
-            except Exception as e:  # noqa: BLE001 - a lost row is reported, the run goes on
-                self.lost += 1
-                if not self._warned:
-                    self._warned = True
-                    log.warning("wandb: could not log step %d: %s (further failures are counted at the end)",
-                                step, describe(e, 200))
+        self.queue.close()
 
 
 class _Uploader:
@@ -329,50 +313,27 @@ class _Uploader:
 
     def __init__(self, run: Any, name: str, offline: bool):
         self.run, self.name, self.offline = run, name, offline
-        self._slots: dict[str, tuple[Path, dict[str, Any]]] = {}  # in the order they were put
-        self._cond = threading.Condition()
-        self._closing = False
-        self._warned = False
-        self._thread = threading.Thread(target=self._loop, name="wandb-artifacts", daemon=True)
-        self._thread.start()
+        # One item per kind (the key), so it never fills; drop_oldest because a held queue cannot block.
+        self.queue: Background[tuple[str, Path, dict[str, Any]]] = Background(
+            "wandb-artifacts", self._log, maxsize=len(ALIASES), when_full="drop_oldest", hold=offline,
+            failure_text=lambda item, e: f"wandb: could not log the {item[0]} checkpoint: {describe(e, 200)}")
 
     def put(self, kind: str, snapshot: Path, metadata: dict[str, Any]) -> None:
-        with self._cond:
-            old = self._slots.pop(kind, None)
-            self._slots[kind] = (snapshot, metadata)
-            self._cond.notify()
+        old = self.queue.put((kind, snapshot, metadata), key=kind)  # last after best at one step: "latest" on last
         if old is not None:
-            remove(old[0])  # superseded before it was logged
+            remove(old[1])  # superseded before it was logged
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
+        self.queue.close()
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._closing or (self._slots and not self.offline))
-                batch, closing = list(self._slots.items()), self._closing
-                self._slots.clear()
-            for kind, (snap, meta) in batch:  # best before last at one step: "latest" ends on last
-                self._log(kind, snap, meta)
-            if closing:
-                return
-
-    def _log(self, kind: str, snap: Path, meta: dict[str, Any]) -> None:
+    def _log(self, item: tuple[str, Path, dict[str, Any]]) -> None:
         import wandb
 
-        try:
-            art = wandb.Artifact(self.name, type="model", metadata=meta,
-                                 description=f"{kind} checkpoint at step {meta.get('step')}")
-            art.add_dir(str(snap), skip_cache=True, policy="immutable")  # no copy: the snapshot is ours
-            self.run.log_artifact(art, aliases=[ALIASES[kind]])
-            if not self.offline:
-                art.wait()  # uploaded: the snapshot can go
-                remove(snap)
-        except Exception as e:  # noqa: BLE001 - a lost upload must not cost the run
-            if not self._warned:
-                self._warned = True
-                log.warning("wandb: could not log the %s checkpoint: %s", kind, describe(e, 200))
+        kind, snap, meta = item  # an error is a lost upload, counted by the queue: it must not cost the run
+        art = wandb.Artifact(self.name, type="model", metadata=meta,
+                             description=f"{kind} checkpoint at step {meta.get('step')}")
+        art.add_dir(str(snap), skip_cache=True, policy="immutable")  # no copy: the snapshot is ours
+        self.run.log_artifact(art, aliases=[ALIASES[kind]])
+        if not self.offline:
+            art.wait()  # uploaded: the snapshot can go
+            remove(snap)

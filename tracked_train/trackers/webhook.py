@@ -18,16 +18,15 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ..background import Background
 from ..early_stopping import Monitor
 from ..errors import UserError
 from ..redact import REDACTED
@@ -108,7 +107,6 @@ class WebhookTracker(Tracker):
             self._monitor.best, self._monitor.best_step = float(state["best_val_loss"]), run.start_step
         self._min_loss = _number(state.get("min_train_loss"))
         self._sender = _Sender(url)
-        self._sender.start()
         max_steps = run.config.training.max_steps
         if run.start_step:
             self._post("resume", run.start_step, f"resumed at step {run.start_step} of {max_steps}",
@@ -214,80 +212,59 @@ class WebhookTracker(Tracker):
         self._sender.put(body)
 
 
+def _worth_retrying(e: BaseException) -> bool:
+    # A 4xx (but 429, "too many requests") means the endpoint refused this body: resending will not change its mind.
+    return isinstance(e, Exception) and not (isinstance(e, urllib.error.HTTPError) and e.code < 500 and e.code != 429)
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code}"
+    return str(getattr(e, "reason", e)) or type(e).__name__  # refused, unreachable, timed out, garbled
+
+
 class _Sender:
-    """POSTs queued bodies on a daemon thread; a full queue drops its oldest body."""
+    """POSTs queued bodies on a background thread; a full queue drops its oldest body."""
 
     def __init__(self, url: str):
         self.url = url
-        self.queue: deque[dict[str, Any]] = deque()
-        self.sent = self.failed = self.dropped = 0
-        self._cond = threading.Condition()
-        self._closing = False
-        self._busy = False
-        self._warned = False
-        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
+        self.queue: Background[dict[str, Any]] = Background(
+            "webhook-sender", self._send, maxsize=QUEUE_MAX, when_full="drop_oldest",
+            failure_text=lambda body, e: f"webhook: could not deliver a '{body.get('event', 'message')}' alert "
+                                         f"to {_where(self.url)} ({_why(e)}); training continues")
 
-    def start(self) -> None:
-        self._thread.start()
+    sent = property(lambda self: self.queue.handled)
+    failed = property(lambda self: self.queue.failed)
+    dropped = property(lambda self: self.queue.dropped)
 
     def put(self, body: dict[str, Any]) -> None:
-        with self._cond:
-            if len(self.queue) >= QUEUE_MAX:
-                self.queue.popleft()
-                self.dropped += 1
-            self.queue.append(body)
-            self._cond.notify()
+        self.queue.put(body)
 
     def close(self, timeout_s: float) -> tuple[int, int]:
         """Wait up to ``timeout_s`` for the queue to drain; returns (delivered, not delivered)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: not self.queue and not self._busy, timeout=timeout_s)
-            left = len(self.queue) + self._busy
-            self.queue.clear()  # out of time: the thread ends after the request in flight, if any
         # A request still hanging is abandoned with its daemon thread: the run does not wait on it.
-        return self.sent, self.failed + self.dropped + left
+        r = self.queue.close(timeout_s)
+        return r.handled, r.failed + r.dropped + r.left
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self.queue or self._closing)
-                if not self.queue:
-                    return
-                body = self.queue.popleft()
-                self._busy = True
-            ok = self._send(body)
-            with self._cond:
-                self._busy = False
-                self.sent += ok
-                self.failed += not ok
-                self._cond.notify_all()
+    def _send(self, body: dict[str, Any]) -> None:
+        """One POST, tried up to TRIES times, FIRST_BACKOFF_S apart and then twice as long each time;
+        raises the last error (the sender thread's own pace: training never waits on it)."""
+        import tenacity
 
-    def _send(self, body: dict[str, Any]) -> bool:
         from .. import __version__
 
         data = json.dumps(body, allow_nan=False, default=str).encode()
         # A User-Agent of our own: some hosts (Discord's) refuse Python's default one.
         headers = {"Content-Type": "application/json", "User-Agent": f"tracked-train/{__version__}"}
-        backoff, why = FIRST_BACKOFF_S, ""
-        for attempt in range(TRIES):
-            if attempt:
-                time.sleep(backoff)  # the sender thread's own pace; training never waits on it
-                backoff *= 2
-            try:
-                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
-                    resp.read()
-                return True
-            except urllib.error.HTTPError as e:
-                why = f"HTTP {e.code}"
-                if e.code < 500 and e.code != 429:
-                    break  # the endpoint refused this body: resending will not change its mind
-            except Exception as e:  # noqa: BLE001 - refused, unreachable, timed out, garbled: the thread lives on
-                why = str(getattr(e, "reason", e)) or type(e).__name__
-        if not self._warned:
-            self._warned = True
-            log.warning("webhook: could not deliver a '%s' alert to %s (%s); training continues",
-                        body.get("event", "message"), _where(self.url), why)
-        return False
+
+        def post() -> None:
+            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+                resp.read()
+
+        # The constants are read here, per body, so that a test may change them.
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(TRIES), wait=tenacity.wait_exponential(multiplier=FIRST_BACKOFF_S),
+            retry=tenacity.retry_if_exception(_worth_retrying),
+            reraise=True)  # the last error itself, not tenacity's RetryError: the warning names it
+        retrying(post)
