@@ -1,4 +1,5 @@
-"""`tracked-train runs` and `tracked-train compare` on two short runs tracked by a real MLflow server."""
+"""`tracked-train runs` and `tracked-train compare` on two short runs tracked by a real MLflow server
+(conftest.two_runs)."""
 
 from __future__ import annotations
 
@@ -6,62 +7,10 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SIDE_BY_SIDE, cli, records, sets
-
-EXPERIMENT = "compare-tests"
-HI, LO = "lr-hi", "lr-lo"  # LO also stops early, by patience
-LR = {HI: "0.003", LO: "0.0001"}
-
-
-@dataclass(frozen=True)
-class TwoRuns:
-    root: Path  # the working folder they were trained in: root/runs/<name>/
-    uri: str  # the MLflow server
-    ids: dict[str, str]  # run name -> MLflow run id
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.uri}
-
-
-_trained: dict[str, TwoRuns] = {}
-
-
-def two_runs(server, tmp_path_factory) -> TwoRuns:
-    """Train HI and LO once per server: test_mlflow_ui.py reuses them (training is most of the time spent)."""
-    if server.uri not in _trained:
-        _trained[server.uri] = _train(server, tmp_path_factory.mktemp("compare"))
-    return _trained[server.uri]
-
-
-def _train(server, root: Path) -> TwoRuns:
-    common = ["tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri={server.uri}",
-              f"tracking.experiment={EXPERIMENT}", "training.max_steps=20", "training.eval_every=5"]
-    extra = {HI: [f"training.lr={LR[HI]}"],
-             LO: [f"training.lr={LR[LO]}", "early_stopping.patience=1", "early_stopping.min_delta=100"]}
-    # Not created here: the two runs race to create it, as users' runs do, and the one that loses uses it.
-    # Both at once: on 2 cores this saves a third of the time (much of a run is start-up and upload).
-    procs = {name: subprocess.Popen(
-        [sys.executable, "-m", "tracked_train", "run", "--run-name", name, *sets(*common, *extra[name])],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **SIDE_BY_SIDE})
-        for name in (HI, LO)}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{name}: {out[-3000:]}"
-    ids = {name: json.loads((root / "runs" / name / "mlflow" / "state.json").read_text())["run_id"]
-           for name in (HI, LO)}
-    return TwoRuns(root, server.uri, ids)
-
-
-@pytest.fixture(scope="module")
-def runs(mlflow_server, tmp_path_factory) -> TwoRuns:
-    return two_runs(mlflow_server, tmp_path_factory)
+from conftest import COMPARE_EXPERIMENT, HI, LO, LR, cli, records
 
 
 def ok(*args: str, cwd: Path, env: dict | None = None) -> str:
@@ -76,58 +25,60 @@ def stop_event(run_dir: Path) -> dict:
 
 # -- runs -----------------------------------------------------------------------------------------
 
-def test_runs_lists_both_from_the_server_newest_first(runs):
-    listed = json.loads(ok("runs", "--experiment", EXPERIMENT, "--format", "json", cwd=runs.root, env=runs.env))
+def test_runs_lists_both_from_the_server_newest_first(two_runs):
+    listed = json.loads(ok("runs", "--experiment", COMPARE_EXPERIMENT, "--format", "json", cwd=two_runs.root,
+                           env=two_runs.env))
     # The local folders name the same MLflow runs: listed once, from the server.
     assert sorted(r["name"] for r in listed) == [HI, LO]
     by_name = {r["name"]: r for r in listed}
     assert {n: (r["id"], r["source"], r["status"]) for n, r in by_name.items()} == {
-        HI: (runs.ids[HI], "mlflow", "FINISHED"), LO: (runs.ids[LO], "mlflow", "FINISHED")}
+        HI: (two_runs.ids[HI], "mlflow", "FINISHED"), LO: (two_runs.ids[LO], "mlflow", "FINISHED")}
     assert (by_name[HI]["stop_reason"], by_name[HI]["steps"]) == ("completed", 20)
     assert (by_name[LO]["stop_reason"], by_name[LO]["steps"]) == ("patience", 10)
     assert by_name[HI]["tokens_seen"] == 2 * by_name[LO]["tokens_seen"] > 0
     for name, r in by_name.items():
-        assert r["best_val_loss"] == pytest.approx(stop_event(runs.root / "runs" / name)["best_val_loss"], rel=1e-5)
+        assert r["best_val_loss"] == pytest.approx(stop_event(two_runs.root / "runs" / name)["best_val_loss"],
+                                                   rel=1e-5)
         assert r["best_val_perplexity"] > 1 and r["duration_s"] > 0
     starts = [r["start_time"] for r in listed]
     assert starts == sorted(starts, reverse=True)
     # The server's runs whose folders are here: the folder, and the same duration `compare` shows.
     assert {n: Path(r["run_dir"]).name for n, r in by_name.items()} == {HI: HI, LO: LO}
-    compared = json.loads(ok("compare", HI, LO, "--format", "json", cwd=runs.root, env=runs.env))["runs"]
+    compared = json.loads(ok("compare", HI, LO, "--format", "json", cwd=two_runs.root, env=two_runs.env))["runs"]
     assert {r["name"]: r["duration_s"] for r in compared} == {n: r["duration_s"] for n, r in by_name.items()}
     # MLFLOW_EXPERIMENT_NAME names the experiment when --experiment does not, as it does for `run`.
-    named = json.loads(ok("runs", "--format", "json", cwd=runs.root,
-                          env={**runs.env, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}))
+    named = json.loads(ok("runs", "--format", "json", cwd=two_runs.root,
+                          env={**two_runs.env, "MLFLOW_EXPERIMENT_NAME": COMPARE_EXPERIMENT}))
     assert sorted((r["name"], r["source"]) for r in named) == [(HI, "mlflow"), (LO, "mlflow")]
 
 
-def test_runs_table_and_csv(runs):
-    table = ok("runs", "--experiment", EXPERIMENT, cwd=runs.root, env=runs.env)
+def test_runs_table_and_csv(two_runs):
+    table = ok("runs", "--experiment", COMPARE_EXPERIMENT, cwd=two_runs.root, env=two_runs.env)
     header, *rows = [line for line in table.splitlines() if line.strip() and not line.startswith("─")]
     assert header.split()[:2] == ["name", "status"] and "best val loss" in header and header.split()[-1] == "id"
     assert len(rows) == 2
     for row in rows:  # piped output: one line per run, not wrapped
         name, status, reason = row.split()[:3]
         assert (status, reason) == ("FINISHED", "patience" if name == LO else "completed")
-        assert row.split()[-1] == runs.ids[name]
-    rows = list(csv.DictReader(io.StringIO(ok("runs", "--experiment", EXPERIMENT, "--format", "csv",
-                                               cwd=runs.root, env=runs.env))))
+        assert row.split()[-1] == two_runs.ids[name]
+    rows = list(csv.DictReader(io.StringIO(ok("runs", "--experiment", COMPARE_EXPERIMENT, "--format", "csv",
+                                               cwd=two_runs.root, env=two_runs.env))))
     assert {r["name"]: r["stop_reason"] for r in rows} == {HI: "completed", LO: "patience"}
 
 
-def test_runs_without_a_server_reads_run_folders_and_creates_no_store(runs):
+def test_runs_without_a_server_reads_run_folders_and_creates_no_store(two_runs):
     """No MLFLOW_TRACKING_URI and no mlflow.db here: the embedded store must not be created by listing."""
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    listed = json.loads(ok("runs", "--format", "json", cwd=runs.root))
+    listed = json.loads(ok("runs", "--format", "json", cwd=two_runs.root))
     assert {r["name"]: (r["source"], r["stop_reason"], r["id"]) for r in listed} == {
-        HI: ("local", "completed", runs.ids[HI]), LO: ("local", "patience", runs.ids[LO])}
-    assert not (runs.root / "mlflow.db").exists()
+        HI: ("local", "completed", two_runs.ids[HI]), LO: ("local", "patience", two_runs.ids[LO])}
+    assert not (two_runs.root / "mlflow.db").exists()
 
 
 # -- compare ----------------------------------------------------------------------------------------
 
-def test_compare_shows_only_the_params_that_differ(runs):
-    out = json.loads(ok("compare", HI, LO, "--format", "json", cwd=runs.root, env=runs.env))
+def test_compare_shows_only_the_params_that_differ(two_runs):
+    out = json.loads(ok("compare", HI, LO, "--format", "json", cwd=two_runs.root, env=two_runs.env))
     assert [r["name"] for r in out["runs"]] == [HI, LO]
     assert out["params"]["training.lr"] == LR
     assert out["params"]["early_stopping.patience"] == {HI: "", LO: "1"}
@@ -136,7 +87,7 @@ def test_compare_shows_only_the_params_that_differ(runs):
     assert {r["name"]: r["stop_reason"] for r in out["runs"]} == {HI: "completed", LO: "patience"}
 
     metrics = {(m["metric"], m["kind"]): m for m in out["metrics"]}
-    local = {name: [v for _, v in _series(runs.root / "runs" / name, "val/loss")] for name in (HI, LO)}
+    local = {name: [v for _, v in _series(two_runs.root / "runs" / name, "val/loss")] for name in (HI, LO)}
     best = metrics[("val/loss", "best")]
     assert best["values"] == pytest.approx({n: min(v) for n, v in local.items()})
     assert best["best"] == min(local, key=lambda n: min(local[n]))
@@ -148,8 +99,8 @@ def _series(run_dir: Path, key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in records(run_dir) if key in r]
 
 
-def test_compare_table_marks_the_best(runs):
-    out = ok("compare", HI, f"runs/{LO}", cwd=runs.root, env=runs.env)
+def test_compare_table_marks_the_best(two_runs):
+    out = ok("compare", HI, f"runs/{LO}", cwd=two_runs.root, env=two_runs.env)
     lines = out.splitlines()
     assert HI in lines[0] and LO in lines[0]
     lr = next(line for line in lines if line.startswith("training.lr"))
@@ -161,11 +112,11 @@ def test_compare_table_marks_the_best(runs):
     assert "model.d_model" not in out and "training.max_steps" not in out
 
 
-def test_compare_reads_runs_from_the_server(runs, tmp_path):
+def test_compare_reads_runs_from_the_server(two_runs, tmp_path):
     """No run folders here: ids, mlflow:ID, runs:/ID and a run name are looked up on the server."""
-    local = json.loads(ok("compare", HI, LO, "--format", "json", cwd=runs.root, env=runs.env))
-    for refs in ([f"mlflow:{runs.ids[HI]}", f"runs:/{runs.ids[LO]}"], [runs.ids[HI], LO]):
-        remote = json.loads(ok("compare", *refs, "--format", "json", cwd=tmp_path, env=runs.env))
+    local = json.loads(ok("compare", HI, LO, "--format", "json", cwd=two_runs.root, env=two_runs.env))
+    for refs in ([f"mlflow:{two_runs.ids[HI]}", f"runs:/{two_runs.ids[LO]}"], [two_runs.ids[HI], LO]):
+        remote = json.loads(ok("compare", *refs, "--format", "json", cwd=tmp_path, env=two_runs.env))
         assert [(r["name"], r["source"]) for r in remote["runs"]] == [(HI, "mlflow"), (LO, "mlflow")]
         assert remote["params"] == local["params"]
         assert _flat(remote["metrics"]) == pytest.approx(_flat(local["metrics"]))
@@ -176,12 +127,13 @@ def _flat(metrics: list[dict]) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("x_axis", ["step", "tokens"])
-def test_plot_overlays_the_loss_curves_of_both_runs(runs, tmp_path, x_axis):
+def test_plot_overlays_the_loss_curves_of_both_runs(two_runs, tmp_path, x_axis):
     import numpy as np
     from PIL import Image
 
     png = tmp_path / "sub" / f"losses-{x_axis}.png"
-    r = cli("compare", HI, LO, "--plot", str(png), "--x", x_axis, "--format", "json", cwd=runs.root, env=runs.env)
+    r = cli("compare", HI, LO, "--plot", str(png), "--x", x_axis, "--format", "json", cwd=two_runs.root,
+            env=two_runs.env)
     assert r.returncode == 0, r.stderr
     json.loads(r.stdout)  # the plot does not spoil machine-readable output
     pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
@@ -199,8 +151,8 @@ def test_plot_overlays_the_loss_curves_of_both_runs(runs, tmp_path, x_axis):
     ([HI, f"mlflow:{'0' * 32}"], "not found"),
     ([HI, f"runs/{HI}"], "the same run"),
 ])
-def test_bad_references_say_so_in_one_line(runs, refs, says):
-    r = cli("compare", *refs, cwd=runs.root, env=runs.env)
+def test_bad_references_say_so_in_one_line(two_runs, refs, says):
+    r = cli("compare", *refs, cwd=two_runs.root, env=two_runs.env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ") and says in r.stderr, r.stderr
     assert r.stdout == ""

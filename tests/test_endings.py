@@ -13,53 +13,27 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import SIDE_BY_SIDE, cli, records, sets
+from conftest import SIDE_BY_SIDE, Hook, cli, records, sets
 
 pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 
 
-class HeldStop:
-    """An endpoint that records alerts and holds its answer to the "stop" alert until released."""
-
-    def __init__(self) -> None:
-        self.stop_seen, self.release = threading.Event(), threading.Event()
-        held = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if body.get("event") == "stop":
-                    held.stop_seen.set()
-                    held.release.wait(60)
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+def start_held(tmp_path, mlflow_server, hook: Hook, name: str, stderr: int) -> subprocess.Popen:
+    """A 4-step run tracked by metrics.jsonl, the webhook and MLflow; ``hook`` holds its "stop" alert."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tracked_train", "run", "--run-name", name,
+         *sets("training.max_steps=4", "training.eval_every=2", "tracking.trackers=[jsonl, webhook, mlflow]",
+               f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=endings")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+        env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_URL": hook.url})
 
 
 def test_sigterm_while_the_trackers_finish_waits_for_the_ending(mlflow_server, tmp_path):
-    hook = HeldStop()
+    hook = Hook(hold_stop=True)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tracked_train", "run", "--run-name", "ending",
-             *sets("training.max_steps=4", "training.eval_every=2", "tracking.trackers=[jsonl, webhook, mlflow]",
-                   f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=endings")],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_URL": hook.url})
+        proc = start_held(tmp_path, mlflow_server, hook, "ending", subprocess.PIPE)
         assert hook.stop_seen.wait(300), "the run never sent its stop alert"
         proc.send_signal(signal.SIGTERM)  # the stop record is written; MLflow has not had the ending yet
         hook.release.set()
@@ -78,14 +52,9 @@ def test_sigterm_while_the_trackers_finish_waits_for_the_ending(mlflow_server, t
 
 def test_an_ending_cut_by_kill_9_is_repaired_by_resume_then_by_sync(mlflow_server, tmp_path):
     """kill -9 in the same window: the stop record is written, the MLflow run never gets its ending."""
-    hook = HeldStop()
+    hook = Hook(hold_stop=True)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tracked_train", "run", "--run-name", "cut",
-             *sets("training.max_steps=4", "training.eval_every=2", "tracking.trackers=[jsonl, webhook, mlflow]",
-                   f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=endings")],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, **SIDE_BY_SIDE, "TRACKED_TRAIN_WEBHOOK_URL": hook.url})
+        proc = start_held(tmp_path, mlflow_server, hook, "cut", subprocess.DEVNULL)
         assert hook.stop_seen.wait(300), "the run never sent its stop alert"
         proc.kill()
         proc.wait(60)

@@ -83,6 +83,34 @@ def last_stop(run_dir: Path) -> dict:
     return [r for r in records(run_dir) if r.get("event") == "stop"][-1]
 
 
+def failed_first(client, name: str, step: int):
+    """The script's MLflow run after its first attempt, which the hook's exception failed at ``step``."""
+    first = mlflow_run(client, name)
+    assert first.info.status == "FAILED" and first.data.tags["stop_reason"] == "failed"
+    assert first.data.tags["stop_detail"] == (
+        f"Failed at step {step}: ValueError: boom: cannot reach https://***@db.example/x")
+    return first
+
+
+def continued_to_patience(client, name: str, first, detail: str) -> tuple[object, int]:
+    """The same MLflow run as ``first``, continued and stopped by patience with a stop_detail matching ``detail``
+    (its group 1: the step); (run, that step)."""
+    run = mlflow_run(client, name)
+    assert run.info.run_id == first.info.run_id
+    assert run.info.status == "FINISHED" and run.data.tags["stop_reason"] == "patience"
+    stopped = re.fullmatch(detail, run.data.tags["stop_detail"])
+    assert stopped, run.data.tags["stop_detail"]
+    return run, int(stopped.group(1))
+
+
+def each_step_once(client, run, run_dir: Path, key: str, steps: range) -> None:
+    """``key`` is in metrics.jsonl at ``steps``, each once (resumed steps logged again replace the failed
+    attempt's), and the server holds exactly what metrics.jsonl holds."""
+    points = jsonl(run_dir, key)
+    assert [s for s, _ in points] == list(steps), key
+    assert history(client, run, key) == points, key
+
+
 def fail_at(key: str, at: int):
     """Run.log that raises right after logging ``key`` at step ``at``: an exception inside training."""
     from tracked_train.your_loop import Run
@@ -109,30 +137,20 @@ def test_hf_trainer_failed_then_resumed_is_one_mlflow_run_stopped_by_patience_ea
     with monkeypatch.context() as m, pytest.raises(ValueError, match="boom"):  # it goes on up to the script
         m.setattr(Run, "log", fail_at("train/loss", 8))
         runpy.run_path(str(scripts / "train_hf.py"), run_name="__main__")
-    first = mlflow_run(client, "hf")
-    assert first.info.status == "FAILED" and first.data.tags["stop_reason"] == "failed"
-    assert first.data.tags["stop_detail"] == "Failed at step 8: ValueError: boom: cannot reach https://***@db.example/x"
+    first = failed_first(client, "hf", 8)
     assert (scripts / "hf-checkpoints" / "hf" / "checkpoint-5").is_dir()
 
     capfd.readouterr()
     runpy.run_path(str(scripts / "train_hf.py"), run_name="__main__")  # resumes the Trainer from checkpoint-5
     assert "continuing from the checkpoint of step 5" in capfd.readouterr().err
-    run = mlflow_run(client, "hf")
-    assert run.info.run_id == first.info.run_id
-    assert run.info.status == "FINISHED" and run.data.tags["stop_reason"] == "patience"
-    stopped = re.fullmatch(r"Stopped at step (\d+) of 80 by EarlyStoppingCallback: val/loss did not improve on its "
-                           r"best, [\d.]+ at step \d+\.", run.data.tags["stop_detail"])
-    assert stopped, run.data.tags["stop_detail"]
-    end = int(stopped.group(1))
+    run, end = continued_to_patience(client, "hf", first, r"Stopped at step (\d+) of 80 by EarlyStoppingCallback: "
+                                     r"val/loss did not improve on its best, [\d.]+ at step \d+\.")
     assert 15 <= end < 80 and end % 5 == 0  # patience 2: the third evaluation at the earliest
     stop = last_stop(run_dir)
     assert (stop["reason"], stop["step"]) == ("patience", end)
 
-    losses = jsonl(run_dir, "train/loss")
-    assert [s for s, _ in losses] == list(range(1, end + 1))  # steps 6-8 logged again, once
-    assert history(client, run, "train/loss") == losses  # the server holds exactly what metrics.jsonl holds
-    assert [s for s, _ in history(client, run, "val/loss")] == list(range(5, end + 1, 5))
-    assert history(client, run, "val/loss") == jsonl(run_dir, "val/loss")
+    each_step_once(client, run, run_dir, "train/loss", range(1, end + 1))  # steps 6-8 logged again, once
+    each_step_once(client, run, run_dir, "val/loss", range(5, end + 1, 5))
     assert [s for s, _ in history(client, run, "train/lr")] == list(range(1, end + 1))
     params = run.data.params
     assert (params["learning_rate"], params["max_steps"], params["model.n_embd"]) == ("0.01", "80", "32")
@@ -149,29 +167,20 @@ def test_lightning_fit_failed_then_resumed_is_one_mlflow_run_stopped_by_patience
     client, run_dir = mlflow_server.client(), scripts / "runs" / "pl"
     r = python(scripts, "train_lightning.py", "runs/pl", mlflow_server.uri, fail_at=("train_loss", 9))
     assert r.returncode == 1 and "ValueError: boom" in r.stderr
-    first = mlflow_run(client, "pl")
-    assert first.info.status == "FAILED" and first.data.tags["stop_reason"] == "failed"
-    assert first.data.tags["stop_detail"] == "Failed at step 9: ValueError: boom: cannot reach https://***@db.example/x"
+    first = failed_first(client, "pl", 9)
     assert (run_dir / "lightning" / "checkpoints" / "last.ckpt").is_file()
 
     r = python(scripts, "train_lightning.py", "runs/pl", mlflow_server.uri)  # ckpt_path="last"
     assert r.returncode == 0, r.stderr
     assert "continuing from the checkpoint of step 3" in r.stderr  # the end of epoch 0 (steps 0-3)
-    run = mlflow_run(client, "pl")
-    assert run.info.run_id == first.info.run_id
-    assert run.info.status == "FINISHED" and run.data.tags["stop_reason"] == "patience"
-    stopped = re.fullmatch(r"Stopped at step (\d+) \(epoch \d+\) by EarlyStopping: Monitored metric val_loss did not "
-                           r"improve in the last 2 records\. Best score: [\d.]+\.", run.data.tags["stop_detail"])
-    assert stopped, run.data.tags["stop_detail"]
-    end = int(stopped.group(1))
+    run, end = continued_to_patience(client, "pl", first, r"Stopped at step (\d+) \(epoch \d+\) by EarlyStopping: "
+                                     r"Monitored metric val_loss did not improve in the last 2 records\. "
+                                     r"Best score: [\d.]+\.")
     assert end < 30 * 4 - 1 and end % 4 == 3  # before max_epochs, at an epoch's end (4 steps an epoch)
     assert (last_stop(run_dir)["reason"], last_stop(run_dir)["step"]) == ("patience", end)
 
-    losses = jsonl(run_dir, "train_loss")
-    assert [s for s, _ in losses] == list(range(0, end + 1))
-    assert history(client, run, "train_loss") == losses
-    assert [s for s, _ in history(client, run, "val_loss")] == list(range(3, end + 1, 4))
-    assert history(client, run, "val_loss") == jsonl(run_dir, "val_loss")
+    each_step_once(client, run, run_dir, "train_loss", range(0, end + 1))
+    each_step_once(client, run, run_dir, "val_loss", range(3, end + 1, 4))
     epochs = history(client, run, "epoch")  # logged by Lightning with the training and the validation metrics
     assert [s for s, _ in epochs] == list(range(0, end + 1))
     assert run.data.params == {"lr": "0.01"}

@@ -1,8 +1,7 @@
 """training.keep_checkpoints: periodic checkpoints kept, pruned (through a kill -9), resumed from, and found in MLflow.
 
-Runs of the tiny task of test_tasks_inprocess.py in this process (a fraction of a second each). The task below is
-loaded by its file like a user's (``task: path:Class``), so this module is imported a second time by the loader:
-its top-level imports stay what a task file may use.
+Runs of the tiny tasks of tests/tiny_task.py in this process (a fraction of a second each), loaded by their file
+like a user's (``task: path:Class``).
 """
 
 from __future__ import annotations
@@ -15,20 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_tasks_inprocess import TinyTask, records, run
+from conftest import run_task, task_records, task_spec
 
-from tracked_train.data import DatasetInfo
-
-HERE = Path(__file__).resolve()
 KEEP = ["training.max_steps=60", "training.eval_every=10", "training.checkpoint_every=10",
         "training.keep_checkpoints=2"]
-
-
-class SplitTask(TinyTask):
-    """The tiny task, with a validation split for MLflow to link the checkpoints' metrics to."""
-
-    def datasets(self):
-        return (DatasetInfo("validation", "tiny-valid", "code", "features(seed + 1000003)", "ab" * 32, 256, 0),)
 
 
 def names(checkpoints: Path) -> list[str]:
@@ -36,7 +25,7 @@ def names(checkpoints: Path) -> list[str]:
 
 
 def evaluations(run_dir: Path, key: str = "val/loss") -> dict[int, float]:
-    return {r["step"]: r[key] for r in records(run_dir) if key in r}
+    return {r["step"]: r[key] for r in task_records(run_dir) if key in r}
 
 
 def test_keeps_the_newest_periodic_checkpoints_besides_best_and_last(tmp_path):
@@ -44,16 +33,16 @@ def test_keeps_the_newest_periodic_checkpoints_besides_best_and_last(tmp_path):
 
     from tracked_train import checkpoint, load
 
-    code, run_dir = run(tmp_path, "keep", *KEEP)
+    code, run_dir = run_task(tmp_path, "keep", *KEEP)
     assert code == 0
     checkpoints = run_dir / "checkpoints"
     assert names(checkpoints) == ["best", "last", "step-000050", "step-000060"]  # nothing hidden left either
     for step in (50, 60):
         assert checkpoint.verify(checkpoints / f"step-{step:06d}")["step"] == step
     # Each of the 6 was uploaded as it was kept (metrics.jsonl records the trackers' artifacts).
-    uploads = [r["path"] for r in records(run_dir) if r.get("event") == "artifact"]
+    uploads = [r["path"] for r in task_records(run_dir) if r.get("event") == "artifact"]
     assert [p for p in uploads if "step-" in p] == [f"checkpoints/step-{s:06d}" for s in range(10, 61, 10)]
-    kept = [r for r in records(run_dir) if r.get("path") == "checkpoints/step-000050"][0]
+    kept = [r for r in task_records(run_dir) if r.get("path") == "checkpoints/step-000050"][0]
     assert kept["step"] == 50 and kept["val_loss"] == evaluations(run_dir)[50]  # that step's validation metrics
     model, task = load(checkpoints / "step-000050")  # the Python API takes a periodic checkpoint's folder
     saved = checkpoint.load(checkpoints / "step-000050")["model"]
@@ -67,9 +56,9 @@ def test_resume_from_a_periodic_checkpoint_continues_from_its_step(tmp_path):
     from tracked_train.cli import main
     from tracked_train.resume import resume
 
-    code, run_dir = run(tmp_path, "from", *KEEP)
+    code, run_dir = run_task(tmp_path, "from", *KEEP)
     assert code == 0
-    first = records(run_dir)
+    first = task_records(run_dir)
     # A step with no checkpoint: one line naming the ones there are, exit 2, nothing touched.
     result = CliRunner().invoke(main, ["resume", str(run_dir), "--from", "step-40"])
     assert result.exit_code == 2, result.output
@@ -78,10 +67,10 @@ def test_resume_from_a_periodic_checkpoint_continues_from_its_step(tmp_path):
         "step-50, step-60"]
     result = CliRunner().invoke(main, ["resume", str(run_dir), "--from", "step-x"])
     assert result.exit_code == 2 and "write last, best or step-N (e.g. step-500)" in result.output
-    assert records(run_dir) == first
+    assert task_records(run_dir) == first
 
     assert resume(str(run_dir), [], which="step-50") == 0
-    now = records(run_dir)
+    now = task_records(run_dir)
     at = next(i for i, r in enumerate(now) if r.get("event") == "resume")
     after = now[at:]
     assert after[0]["step"] == 50 and max(r["step"] for r in now[:at]) == 50  # what came after 50 was rewound
@@ -90,7 +79,7 @@ def test_resume_from_a_periodic_checkpoint_continues_from_its_step(tmp_path):
     assert [r["event"] for r in after if "event" in r][-1] == "stop"
     # `--from step-000500` is the same checkpoint, spelled as its folder.
     assert resume(str(run_dir), [], which="step-000060") == 0
-    assert [r for r in records(run_dir) if r.get("event") == "resume"][-1]["step"] == 60
+    assert [r for r in task_records(run_dir) if r.get("event") == "resume"][-1]["step"] == 60
 
 
 KILL_IN_PRUNING = """
@@ -112,7 +101,7 @@ def test_a_kill_9_during_pruning_leaves_no_broken_checkpoint(tmp_path):
     from tracked_train.errors import CheckpointError
     from tracked_train.resume import resume
 
-    code, run_dir = run(tmp_path, "kill", *KEEP)
+    code, run_dir = run_task(tmp_path, "kill", *KEEP)
     assert code == 0
     checkpoints = run_dir / "checkpoints"
     # A real SIGKILL in the middle of pruning step 50 (renamed away, half deleted).
@@ -139,16 +128,16 @@ def test_a_kill_9_during_pruning_leaves_no_broken_checkpoint(tmp_path):
     (checkpoints / ".step-000050.old" / "config.yaml").write_text("left by a kill\n")
     assert resume(str(run_dir), [], which="step-60") == 0  # resume cleans what the kill left
     assert names(checkpoints) == ["best", "last", "step-000060"]
-    assert [r for r in records(run_dir) if r.get("event") == "resume"][-1]["step"] == 60
+    assert [r for r in task_records(run_dir) if r.get("event") == "resume"][-1]["step"] == 60
 
 
 def test_each_kept_checkpoint_is_a_logged_model_and_the_best_step_comes_first(tmp_path, mlflow_server):
     from mlflow import MlflowClient
 
-    code, run_dir = run(tmp_path, "models", *KEEP, "training.lr=0.5", "training.min_lr_ratio=1",
-                        "tracking.trackers=[jsonl, mlflow]",
-                        f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=keep-checkpoints",
-                        task=f"{HERE}:SplitTask")
+    code, run_dir = run_task(tmp_path, "models", *KEEP, "training.lr=0.5", "training.min_lr_ratio=1",
+                             "tracking.trackers=[jsonl, mlflow]",
+                             f"tracking.mlflow.uri={mlflow_server.uri}", "tracking.experiment=keep-checkpoints",
+                             task=task_spec("SplitTask"))
     assert code == 0
     run_id = json.loads((run_dir / "mlflow" / "state.json").read_text())["run_id"]
     client = MlflowClient(mlflow_server.uri)
@@ -180,8 +169,8 @@ def test_each_kept_checkpoint_is_a_logged_model_and_the_best_step_comes_first(tm
 
     assert resume(f"mlflow:{run_id}", [f"tracking.mlflow.uri={mlflow_server.uri}"], which="step-20", fork=True) == 0
     fork = next(p for p in tmp_path.iterdir() if p.name.startswith("models-fork-"))
-    assert [r["step"] for r in records(fork) if r.get("event") == "resume"] == [20]
-    assert [r["step"] for r in records(fork) if "train/loss" in r] == list(range(21, 61))
+    assert [r["step"] for r in task_records(fork) if r.get("event") == "resume"] == [20]
+    assert [r["step"] for r in task_records(fork) if "train/loss" in r] == list(range(21, 61))
 
 
 def test_the_checkpoints_models_wait_in_the_spool_through_an_outage(tmp_path, mlflow_server, monkeypatch):
@@ -191,9 +180,10 @@ def test_the_checkpoints_models_wait_in_the_spool_through_an_outage(tmp_path, ml
     from tracked_train.testing import free_port
 
     monkeypatch.setenv("TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT", "0")  # nothing answers: the ending does not wait
-    code, run_dir = run(tmp_path, "outage", *KEEP, "training.max_steps=30", "tracking.trackers=[jsonl, mlflow]",
-                        f"tracking.mlflow.uri=http://127.0.0.1:{free_port()}", "tracking.required=false",
-                        "tracking.experiment=keep-checkpoints-outage", task=f"{HERE}:SplitTask")
+    code, run_dir = run_task(tmp_path, "outage", *KEEP, "training.max_steps=30",
+                             "tracking.trackers=[jsonl, mlflow]", f"tracking.mlflow.uri=http://127.0.0.1:{free_port()}",
+                             "tracking.required=false", "tracking.experiment=keep-checkpoints-outage",
+                             task=task_spec("SplitTask"))
     assert code == 0
     spooled = [json.loads(line) for line in (run_dir / "mlflow" / "spool.jsonl").read_text().splitlines()]
     assert [e["checkpoint"] for e in spooled if e.get("k") == "model" and "checkpoint" in e] == [

@@ -1,4 +1,4 @@
-"""End to end in a real browser: the MLflow UI compares the two runs of test_compare.py.
+"""End to end in a real browser: the MLflow UI compares the two runs test_compare.py reads (conftest.two_runs).
 
 Headless Chromium (Debian's `chromium` package) driven by Playwright's Python
 package; Playwright's own browser downloads are not used. Skipped only when
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_compare import EXPERIMENT, HI, LO, LR, TwoRuns, two_runs
+from conftest import COMPARE_EXPERIMENT, HI, LO, LR
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No sandbox: CI runs as root in a container. The rest keeps Chromium off the network and quiet.
@@ -36,11 +36,6 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(_missing()), reason=f"browser test needs {' and '.join(_missing())}")]
 
 
-@pytest.fixture(scope="module")
-def runs(mlflow_server, tmp_path_factory) -> TwoRuns:
-    return two_runs(mlflow_server, tmp_path_factory)
-
-
 @pytest.fixture
 def page():
     from playwright.sync_api import expect, sync_playwright
@@ -57,16 +52,16 @@ def page():
             browser.close()
 
 
-def test_select_both_runs_and_compare(mlflow_server, runs, page, tmp_path):
+def test_select_both_runs_and_compare(mlflow_server, two_runs, page, tmp_path):
     from playwright.sync_api import expect
 
     client = mlflow_server.client()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(COMPARE_EXPERIMENT)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"  # created by the runs
     # MLflow 3.17's UI opens every experiment in its GenAI view unless the workflow toggle (or this URL
     # parameter) says "Model training"; with it, the experiment's page is the runs table, both runs listed.
-    page.goto(f"{runs.uri}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
-    for run_id in runs.ids.values():
+    page.goto(f"{two_runs.uri}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
+    for run_id in two_runs.ids.values():
         # AG Grid keys each row by the MLflow run id.
         page.locator(f'[role="row"][row-id="{run_id}"] .ag-selection-checkbox input').check()
     page.get_by_role("button", name="Compare", exact=True).click()

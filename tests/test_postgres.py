@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, free_port, records, wait_until
-from test_sweep import SPACE, TINY, finished
+from conftest import SWEEP_SPACE, SWEEP_TINY, cli, finished_trials, free_port, records, wait_until
 
 from tracked_train.testing import MlflowServer, Postgres, postgres_bindir
 
@@ -74,7 +73,7 @@ def sweep_args(pg, server, folder: Path, storage: str | None = None, *extra: str
             "--study", STUDY, "--trials", str(TRIALS), "--seed", "3", "--pruner-warmup-trials", "2",
             "--heartbeat", "2", "--tracker", "mlflow", "--set", f"tracking.mlflow.uri={server.uri}",
             "--output-dir", str(folder / "runs"), *extra]
-    for s in TINY:
+    for s in SWEEP_TINY:
         args += ["--set", s]
     return args
 
@@ -83,7 +82,7 @@ def machine(tmp: Path, name: str, pg, server, env: dict[str, str]) -> subprocess
     """A worker in its own folder (its machine); its console output in tmp/NAME.out and .err."""
     folder = tmp / name
     folder.mkdir()
-    (folder / "space.yaml").write_text(SPACE)
+    (folder / "space.yaml").write_text(SWEEP_SPACE)
     return subprocess.Popen([sys.executable, "-m", "tracked_train", *sweep_args(pg, server, folder)], cwd=folder,
                             stdout=open(tmp / f"{name}.out", "w"), stderr=open(tmp / f"{name}.err", "w"),
                             env={**{k: v for k, v in os.environ.items() if not k.startswith("PG")},
@@ -185,7 +184,7 @@ def test_two_machines_share_one_study_in_postgresql(pg, pg_sweep):
 
     tmp, killed, _ = pg_sweep
     trials = load_study(pg).get_trials()
-    done = finished(trials)
+    done = finished_trials(trials)
     assert len(done) == TRIALS, [(t.number, t.state) for t in trials]
     # Besides the killed trial only a worker asking for a 7th trial with the 6th may leave a failed one, so marked.
     assert all(t.user_attrs.get("stop_reason") == "surplus" for t in trials if t not in done and t.number != killed)
@@ -215,7 +214,8 @@ def test_one_parent_run_every_trial_a_child_on_the_postgresql_backed_server(pg, 
     children = [r for r in runs if r.data.tags["tracked_train.sweep_role"] == "trial"]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     ok = [c for c in children if c.info.status == "FINISHED"]
-    assert sorted(int(c.data.tags["tracked_train.trial"]) for c in ok) == sorted(t.number for t in finished(trials))
+    assert sorted(int(c.data.tags["tracked_train.trial"]) for c in ok) == sorted(
+        t.number for t in finished_trials(trials))
     # The killed trial's run (its id was on the lost machine only) is found by its tags and ended FAILED.
     rest = [c for c in children if c.info.status != "FINISHED"]
     assert [(c.data.tags["tracked_train.trial"], c.info.status) for c in rest] == [(str(killed), "FAILED")]
@@ -228,7 +228,7 @@ def test_killed_worker_trial_is_failed_and_rerun_on_the_other_machine(pg, pg_swe
     tmp, killed, _ = pg_sweep
     trials = load_study(pg).get_trials()
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed)
-    assert retry.params == trials[killed].params and retry in finished(trials)
+    assert retry.params == trials[killed].params and retry in finished_trials(trials)
     log = _read(tmp / "b.err")
     assert f"trial {killed}'s worker stopped (no heartbeat for 6 s)" in log
     # Its folder went with machine A: the params start afresh in B's own folder.
@@ -249,7 +249,7 @@ def test_database_restart_mid_sweep_loses_and_duplicates_nothing(pg, pg_mlflow, 
     assert not any("could not report" in t or "could not record trial" in t or "Traceback" in t for t in logs.values())
     trials = load_study(pg).get_trials()
     client = pg_mlflow.client()
-    for t in finished(trials):
+    for t in finished_trials(trials):
         folder = moved(t.user_attrs["run_dir"], tmp)
         rows = records(folder)
         steps = [r["step"] for r in rows if "train/loss" in r]
@@ -266,7 +266,7 @@ def test_database_restart_mid_sweep_loses_and_duplicates_nothing(pg, pg_mlflow, 
 
 
 def test_wrong_password_or_unreachable_database_is_one_line_and_leaves_nothing(pg, pg_mlflow, tmp_path):
-    (tmp_path / "space.yaml").write_text(SPACE)
+    (tmp_path / "space.yaml").write_text(SWEEP_SPACE)
     url = pg.url(USER, "optuna")
     cases = [
         (url.replace(f"{USER}@", f"{USER}:wrong-{PASSWORD}@"), {}, "password authentication failed"),  # in the URL

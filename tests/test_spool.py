@@ -72,7 +72,7 @@ def test_uploads_stay_one_per_path_while_the_server_is_down(tmp_path):
     cfg = config.resolve(None, [f"tracking.mlflow.uri=http://127.0.0.1:{free_port()}",
                                 "tracking.required=false"], None)
     tracker = MlflowTracker()
-    tracker.start(RunInfo("r", tmp_path, cfg))
+    tracker.start(RunInfo.of(cfg, "r", tmp_path))
     ckpt = tmp_path / "ckpt"
     for i in range(5):  # five checkpoints while the server is away
         ckpt.mkdir(exist_ok=True)
@@ -129,15 +129,34 @@ def test_a_state_beyond_the_spool_is_treated_as_damaged(tmp_path: Path):
 def test_events_with_malformed_fields_are_bad_events_not_retried_forever():
     import pytest
 
-    from tracked_train.mlflow.sink import check_event
+    from tracked_train.mlflow.events import Inputs, Metrics, decode
     from tracked_train.trackers.spool import BadEvent
 
     for event in ({"k": "params", "p": None}, {"k": "artifact", "src": 5, "dst": "x"},
                   {"k": "metrics", "step": "1", "t": 1, "m": {}}, {"k": "metrics", "step": 1, "t": 1, "m": {"a": "x"}},
                   {"k": "nope"}, {"k": "inputs", "d": [{"context": "training"}]}, {"k": "inputs", "d": ["x"]},
-                  {"k": "model", "src": "s", "m": {"best/val_loss": "low"}}):
+                  {"k": "model", "src": "s", "m": {"best/val_loss": "low"}}, {"k": ["metrics"]}):
         with pytest.raises(BadEvent):
-            check_event(event)
-    check_event({"k": "metrics", "step": 1, "t": 1, "m": {"a": 1.5}})
-    check_event({"k": "inputs", "d": [{"context": "training", "name": "n", "source_type": "code", "source": "s",
-                                       "digest": "ab", "lines": 1, "chars": 2}]})
+            decode(event)
+    assert decode({"k": "metrics", "step": 1, "t": 1, "m": {"a": 1.5}}) == Metrics(1, 1, {"a": 1.5})
+    split = {"context": "training", "name": "n", "source_type": "code", "source": "s", "digest": "ab", "lines": 1,
+             "chars": 2}
+    assert decode({"k": "inputs", "d": [split]}) == Inputs([split])
+
+
+def test_spool_lines_as_earlier_versions_wrote_them_are_read_back_and_written_the_same():
+    from tracked_train.mlflow.events import decode
+
+    split = {"context": "validation", "name": "v", "source_type": "code", "source": "s", "digest": "ab",
+             "lines": 1, "chars": 2}
+    lines = [{"k": "create", "t": 1, "experiment_name": "e", "tags": {"mlflow.runName": "r"}},
+             {"k": "params", "p": {"a": "1"}}, {"k": "metrics", "step": 2, "t": 3, "m": {"loss": 0.5}},
+             {"k": "tags", "tags": {"b": "2"}}, {"k": "inputs", "d": [split]},
+             {"k": "artifact", "src": "mlflow/uploads/000001-1", "dst": "train.log"},
+             {"k": "model", "src": "mlflow/uploads/000002-2-model", "step": 4, "m": {"best/val_loss": 1.0},
+              "register": None},
+             {"k": "model", "src": "mlflow/uploads/000003-3-model", "step": 5, "checkpoint": "step-000005",
+              "register": None, "m": {"val/loss": 1.0}, "t": 6, "dataset": {"name": "v", "digest": "ab"}},
+             {"k": "figure", "title": "r"}, {"k": "delete"}, {"k": "end", "status": "FINISHED", "t": 7}]
+    for line in lines:
+        assert decode(line).to_json() == line

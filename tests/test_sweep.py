@@ -16,19 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, free_port, records, wait_until
+from conftest import SWEEP_SPACE, SWEEP_TINY, cli, finished_trials, free_port, records, wait_until
 
 pytestmark = pytest.mark.slow  # real processes and servers: `pytest -m "not slow"` leaves it out
 
-# A model that trains 20 steps in about a second; lr 1e-5 is the hopeless option the pruner must stop.
-TINY = [
-    "model.d_model=32", "model.n_layers=1", "model.n_heads=4", "model.seq_len=32", "tokenizer.vocab_size=384",
-    "data.builtin_chars=60000", "training.batch_size=8", "training.eval_batches=2", "console.progress=lines",
-    "training.precision=fp32", "training.max_steps=20", "training.eval_every=4", "training.checkpoint_every=20",
-    "training.min_lr=1e-6", "tracking.experiment=sweeps",
-    "tracking.mlflow.log_model=false",  # the Logged Model upload is most of a tiny trial's time; test_mlflow covers it
-]
-SPACE = "training.lr: {choice: [3.0e-3, 1.0e-5]}\ntraining.warmup_steps: {int: [0, 8]}\n"
 SECRET = "canary-pw-7731"
 # Two workers on two cores: one thread each.
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -38,7 +29,7 @@ def sweep_args(tmp, server, trials=6, *extra):
     args = ["sweep", "--space", str(tmp / "space.yaml"), "--storage", f"sqlite:///{tmp / 'study.db'}",
             "--study", "s", "--trials", str(trials), "--seed", "3", "--pruner-warmup-trials", "2",
             "--heartbeat", "1", "--tracker", "mlflow", "--set", f"tracking.mlflow.uri={server.uri}", *extra]
-    for s in TINY:
+    for s in SWEEP_TINY:
         args += ["--set", s]
     return args
 
@@ -55,12 +46,6 @@ def load_study(tmp):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp / 'study.db'}")
-
-
-def finished(trials):
-    from optuna.trial import TrialState
-
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
 def sweep_runs(client, role=None):
@@ -89,7 +74,7 @@ def sweep_dir(mlflow_server, tmp_path_factory):
     """Workers A and B share a 6-trial study; A is killed with SIGKILL in its second trial and its command
     re-run (A2) while B goes on."""
     tmp = tmp_path_factory.mktemp("sweep")
-    (tmp / "space.yaml").write_text(SPACE)
+    (tmp / "space.yaml").write_text(SWEEP_SPACE)
     args = sweep_args(tmp, mlflow_server)
     a, b = worker(tmp, args, "a"), worker(tmp, args, "b")
     wait_until(lambda: trial_of(tmp / "a.err", 2) is not None and
@@ -108,7 +93,7 @@ def test_two_workers_share_six_trials_and_prune(sweep_dir):
 
     tmp, killed = sweep_dir
     trials = load_study(tmp).get_trials()
-    done = finished(trials)
+    done = finished_trials(trials)
     assert len(done) == 6, [(t.number, t.state) for t in trials]
     # Besides the killed trial, only a worker that asked for a 7th trial in the same instant as the 6th
     # may leave a failed one, marked so.
@@ -139,7 +124,7 @@ def test_killed_worker_trial_is_failed_and_its_params_continue_its_run(mlflow_se
     tmp, killed = sweep_dir
     trials = load_study(tmp).get_trials()
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed)
-    assert retry.params == trials[killed].params and retry in finished(trials)
+    assert retry.params == trials[killed].params and retry in finished_trials(trials)
     logs = (tmp / "b.err").read_text() + (tmp / "a2.err").read_text()
     assert f"trial {killed}'s worker stopped (no heartbeat" in logs
     assert "continuing the study" in (tmp / "a2.err").read_text()
@@ -170,7 +155,7 @@ def test_one_parent_run_with_six_finished_children(mlflow_server, sweep_dir):
     reasons = {c.data.tags["stop_reason"] for c in ok}
     assert "pruned" in reasons and reasons <= {"pruned", "completed"}
     assert sorted(c.data.tags["tracked_train.trial"] for c in ok) == sorted(
-        str(t.number) for t in finished(load_study(tmp).get_trials()))
+        str(t.number) for t in finished_trials(load_study(tmp).get_trials()))
     assert all(c.data.params["tracking.wandb.group"] == "s" for c in ok)  # W&B's group for the trials
     # tracking.mlflow.log_model=false: no Logged Model, the best values still searchable run metrics.
     assert list(client.search_logged_models(experiment_ids=[parent.info.experiment_id])) == []
@@ -232,7 +217,7 @@ def test_bad_space_names_the_problem(tmp_path, space):
     from tracked_train.sweep import space as space_mod
 
     (tmp_path / "space.yaml").write_text(space + "\n")
-    base = config.resolve(None, TINY)
+    base = config.resolve(None, SWEEP_TINY)
     with pytest.raises(ConfigError) as e:
         space_mod.load(tmp_path / "space.yaml", base)
     assert BAD_SPACES[space] in str(e.value) and "\n" not in str(e.value)
@@ -250,7 +235,7 @@ def test_bad_options_are_refused_before_anything_exists(mlflow_server, tmp_path,
 
     from tracked_train.cli import main
 
-    (tmp_path / "space.yaml").write_text(SPACE)
+    (tmp_path / "space.yaml").write_text(SWEEP_SPACE)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, sweep_args(tmp_path, mlflow_server) + extra)
     assert r.exit_code == 2 and message in r.output, r.output
@@ -270,7 +255,7 @@ def test_bad_input_in_a_real_process_is_one_line_and_leaves_nothing(mlflow_serve
         assert r.returncode == 2 and message in r.stderr, (extra, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert SECRET not in r.stderr + r.stdout
-        (tmp_path / "space.yaml").write_text(SPACE)
+        (tmp_path / "space.yaml").write_text(SWEEP_SPACE)
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "runs").exists()
     assert mlflow_server.client().get_experiment_by_name("bad-sweeps") is None  # no parent run either
     # A continued study must keep its space.

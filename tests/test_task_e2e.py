@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    BROKEN_TASKS,
     SIDE_BY_SIDE,
     cli,
     float32,
@@ -245,26 +246,6 @@ def test_sweep_over_a_task_setting_prunes_on_the_tasks_monitor(mlflow_server, tm
     assert f"val/next_step_accuracy {best.value:.4f}" in r.stdout
 
 
-BROKEN = '''
-import tracked_train
-
-class NotATask:
-    pass
-
-class Half(tracked_train.Task):
-    def build_model(self): ...
-    def batch(self, position, size): ...
-    def loss(self, model, batch): ...
-
-class Explodes(tracked_train.Task):
-    def build_model(self):
-        raise RuntimeError("no such layer: 'attn2'")
-    def batch(self, position, size): ...
-    def loss(self, model, batch): ...
-    def evaluate(self, model): return {}
-'''
-
-
 @pytest.mark.parametrize("task, expected", [
     ("missing.py:T", "task file 'missing.py' does not exist"),
     ("broken.py:NotATask", "NotATask is not a tracked_train.Task subclass"),
@@ -276,7 +257,7 @@ class Explodes(tracked_train.Task):
     (f"{TASK}|task_args.n_bits=99", "task_args.n_bits=99 is invalid: allowed range is [2, 40]"),
 ])
 def test_a_bad_task_is_one_line_exit_2_and_leaves_nothing(task, expected, mlflow_server, tmp_path):
-    (tmp_path / "broken.py").write_text(BROKEN)
+    (tmp_path / "broken.py").write_text(BROKEN_TASKS)
     spec, _, setting = task.partition("|")
     extra = ["--set", setting] if setting else []
     experiment = f"bad-{abs(hash(task)) % 10**8}"

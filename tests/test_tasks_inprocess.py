@@ -1,159 +1,49 @@
 """A task of one's own under the real loop, in this process: a run takes a fraction of a second.
 
-The task is defined below and loaded the way a user's is, by its file (``task: path/to/this.py:TinyTask``), so
-this module is imported a second time by the loader: keep its top-level imports to what a task file may use.
+The tasks (tests/tiny_task.py) are loaded the way a user's is, by their file (``task: path/to/file.py:Class``).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-
-import tracked_train
-
-HERE = Path(__file__).resolve()
-TINY = f"{HERE}:TinyTask"
-W_TRUE = torch.tensor([1.0, -2.0, 0.5, 1.5])
-
-
-def features(seed: int, first: int, count: int) -> torch.Tensor:
-    """Examples [first, first + count) of the seed's stream, 4 features in [-1, 1): each a pure function of
-    (seed, index) (splitmix64), so any batch can be recomputed on resume."""
-    idx = np.arange(first, first + count, dtype=np.uint64)[:, None] * np.uint64(4) + np.arange(4, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = idx + np.uint64(seed + 1) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / 2**53 * 2 - 1).float()
-
-
-@dataclass(frozen=True)
-class TinySettings:
-    hidden: int = field(default=8, metadata={"lo": 1, "hi": 64})
-    b_weight: float = field(default=0.5, metadata={"lo": 0.0, "hi": 10.0})
-    valid_examples: int = field(default=256, metadata={"lo": 1, "hi": 100_000})
-
-
-class TinyTask(tracked_train.Task):
-    """Is 4 features' weighted sum positive? A two-layer MLP with two heads: the class (loss ``a``, cross-entropy)
-    and the sum itself (loss ``b``, squared error)."""
-
-    Settings = TinySettings
-
-    def __init__(self, cfg, settings: TinySettings):
-        super().__init__(cfg, settings)
-        self.valid = self.examples(features(cfg.training.seed + 1_000_003, 0, settings.valid_examples))
-
-    @staticmethod
-    def examples(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        score = x @ W_TRUE
-        return {"x": x, "label": (score > 0).long(), "score": score}
-
-    def build_model(self):
-        return torch.nn.Sequential(torch.nn.Linear(4, self.settings.hidden), torch.nn.Tanh(),
-                                   torch.nn.Linear(self.settings.hidden, 3))
-
-    def batch(self, position, size):
-        # A test's way to stop a run mid-way: TINY_TASK_STOP_AT="sigint:POSITION" (a Ctrl-C) or "raise:POSITION"
-        # (a second Ctrl-C: stopped at once, like a kill, with steps logged after the last checkpoint), or to
-        # poison it: "nan:POSITION" (that batch's features are NaN, so its loss is).
-        how, _, at = os.environ.get("TINY_TASK_STOP_AT", "").partition(":")
-        x = features(self.cfg.training.seed, position, size)
-        if at and position == int(at):
-            if how == "sigint":
-                signal.raise_signal(signal.SIGINT)
-            elif how == "nan":
-                x = torch.full_like(x, float("nan"))
-            else:
-                raise KeyboardInterrupt
-        return self.examples(x)
-
-    def losses(self, model, b):
-        out = model(b["x"])
-        return F.cross_entropy(out[:, :2], b["label"]), F.mse_loss(out[:, 2], b["score"]), out
-
-    def loss(self, model, batch):
-        a, b, _ = self.losses(model, batch)
-        return tracked_train.Loss(a + self.settings.b_weight * b, {"a": a, "b": b})
-
-    def evaluate(self, model):
-        a, b, out = self.losses(model, self.valid)
-        accuracy = (out[:, :2].argmax(-1) == self.valid["label"]).float().mean()
-        return {"loss": float(a + self.settings.b_weight * b), "accuracy": float(accuracy)}
-
-
-class AccuracyTask(TinyTask):
-    """The same, following its accuracy (higher is better) unless the config says otherwise."""
-
-    monitor, mode = "val/accuracy", "max"
-
-
-# --- helpers -------------------------------------------------------------------------------------------------
-
-BASE = ["tracking.trackers=jsonl", "console.progress=lines", "training.device=cpu", "training.precision=fp32",
-        "training.batch_size=16", "training.max_steps=40", "training.eval_every=10", "training.checkpoint_every=10",
-        "training.lr=0.05", "training.warmup_steps=0"]
-
-
-def resolve(*sets: str, task: str = TINY, environ: dict | None = None):
-    from tracked_train import config
-
-    return config.resolve(None, [f"task={task}", *BASE, *sets], environ=environ or {})
-
-
-def run(tmp_path: Path, name: str, *sets: str, task: str = TINY) -> tuple[int, Path]:
-    """A whole run (lock, trackers, loop, ending) as `tracked-train run` does it; (exit code, run folder)."""
-    from tracked_train import runner
-
-    code = runner.start(resolve(f"run.output_dir={tmp_path}", f"run.name={name}", *sets, task=task)).stop.exit_code
-    return code, tmp_path / name
-
-
-def records(run_dir: Path) -> list[dict]:
-    from tracked_train.trackers import jsonl
-
-    return jsonl.read(run_dir / "metrics.jsonl")
+from conftest import BROKEN_TASKS, TASK_BASE, TINY_TASK, resolve_task, run_task, task_records, task_spec
 
 
 def series(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    return [(r["step"], r[key]) for r in records(run_dir) if key in r]
+    return [(r["step"], r[key]) for r in task_records(run_dir) if key in r]
 
 
 def stop_event(run_dir: Path) -> dict:
-    return [r for r in records(run_dir) if r.get("event") == "stop"][-1]
+    return [r for r in task_records(run_dir) if r.get("event") == "stop"][-1]
 
 
 # --- what a task's run logs ----------------------------------------------------------------------------------
 
 def test_loss_components_every_step_and_validation_metrics_at_evaluations(tmp_path):
-    code, run_dir = run(tmp_path, "a")
+    code, run_dir = run_task(tmp_path, "a")
     assert code == 0 and stop_event(run_dir)["reason"] == "completed"
     total, a, b = (series(run_dir, k) for k in ("train/loss", "train/loss/a", "train/loss/b"))
     assert [s for s, _ in total] == [s for s, _ in a] == [s for s, _ in b] == list(range(1, 41))
     for (_, t), (_, va), (_, vb) in zip(total, a, b):
         assert t == pytest.approx(va + 0.5 * vb, rel=1e-5)  # the total the optimizer minimised, and its parts
     assert sum(v for _, v in a[-5:]) < sum(v for _, v in a[:5])  # it learns
-    logged = {k for r in records(run_dir) if "event" not in r for k in r}
+    logged = {k for r in task_records(run_dir) if "event" not in r for k in r}
     assert {k for k in logged if k.startswith("val/")} == {"val/loss", "val/accuracy"}
     assert [s for s, _ in series(run_dir, "val/accuracy")] == [10, 20, 30, 40]
     assert "train/perplexity" not in logged  # the language model's figure, not every task's
-    params = next(r["params"] for r in records(run_dir) if r.get("event") == "params")
-    assert params["task"] == TINY and params["task_args.hidden"] == 8
+    params = next(r["params"] for r in task_records(run_dir) if r.get("event") == "params")
+    assert params["task"] == TINY_TASK and params["task_args.hidden"] == 8
     assert not any(k.startswith(("model.", "data.", "tokenizer.")) for k in params)
 
 
 def test_patience_on_a_metric_where_higher_is_better(tmp_path):
     # A learning rate too small to move any prediction: the accuracy stays where it started.
-    code, run_dir = run(tmp_path, "p", "training.lr=1e-7", "training.min_lr=0", "training.eval_every=5",
-                        "early_stopping.monitor=val/accuracy", "early_stopping.mode=max", "early_stopping.patience=2")
+    code, run_dir = run_task(tmp_path, "p", "training.lr=1e-7", "training.min_lr=0", "training.eval_every=5",
+                             "early_stopping.monitor=val/accuracy", "early_stopping.mode=max",
+                             "early_stopping.patience=2")
     accuracy = series(run_dir, "val/accuracy")
     assert [s for s, _ in accuracy] == [5, 10, 15] and len({v for _, v in accuracy}) == 1
     stop = stop_event(run_dir)
@@ -164,11 +54,11 @@ def test_patience_on_a_metric_where_higher_is_better(tmp_path):
 
 
 @pytest.mark.parametrize("task, sets", [
-    (TINY, ["early_stopping.monitor=val/accuracy", "early_stopping.mode=max"]),
-    (f"{HERE}:AccuracyTask", []),  # the task's own monitor and mode
+    (TINY_TASK, ["early_stopping.monitor=val/accuracy", "early_stopping.mode=max"]),
+    (task_spec("AccuracyTask"), []),  # the task's own monitor and mode
 ], ids=["set", "the task's own"])
 def test_target_on_a_metric_where_higher_is_better(tmp_path, task, sets):
-    code, run_dir = run(tmp_path, "t", "training.eval_every=5", "early_stopping.target=0.97", *sets, task=task)
+    code, run_dir = run_task(tmp_path, "t", "training.eval_every=5", "early_stopping.target=0.97", *sets, task=task)
     accuracy = series(run_dir, "val/accuracy")
     first = next(s for s, v in accuracy if v >= 0.97)
     stop = stop_event(run_dir)
@@ -190,20 +80,20 @@ def test_a_resumed_run_logs_the_uninterrupted_values(tmp_path, monkeypatch, how,
                                                       resumed_from):
     from tracked_train.resume import resume
 
-    assert run(tmp_path, "a")[0] == 0  # read back every step
+    assert run_task(tmp_path, "a")[0] == 0  # read back every step
     monkeypatch.setenv("TINY_TASK_STOP_AT", f"{how}:{position}")
-    code, b = run(tmp_path, "b", f"logging.every={every}")
+    code, b = run_task(tmp_path, "b", f"logging.every={every}")
     monkeypatch.delenv("TINY_TASK_STOP_AT")
     assert code == 130 and max(s for s, _ in series(b, "train/loss")) == stopped_at
     # Resumed reading back every 3 steps: not a config change (an exact resume), the same values.
     assert resume(str(b), ["logging.every=3"] if every > 1 else []) == 0
-    events = [r for r in records(b) if "event" in r]
-    resumed = next(i for i, r in enumerate(records(b)) if r.get("event") == "resume")
-    assert events[-1]["reason"] == "completed" and records(b)[resumed]["step"] == resumed_from
-    after = [r["step"] for r in records(b)[resumed:] if "train/loss" in r]
+    events = [r for r in task_records(b) if "event" in r]
+    resumed = next(i for i, r in enumerate(task_records(b)) if r.get("event") == "resume")
+    assert events[-1]["reason"] == "completed" and task_records(b)[resumed]["step"] == resumed_from
+    after = [r["step"] for r in task_records(b)[resumed:] if "train/loss" in r]
     assert after == list(range(resumed_from + 1, 41))  # continued from the checkpoint, not from step 0
     a = tmp_path / "a"
-    keys = {k for r in records(a) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
+    keys = {k for r in task_records(a) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
     assert {"train/loss/a", "val/accuracy"} <= keys
     for key in sorted(keys):
         # An interrupt between two evaluations adds one at the stop step ("every run ends evaluated").
@@ -218,10 +108,10 @@ def test_reading_back_every_10_steps_logs_each_steps_own_values_to_every_tracker
 
     both = ["tracking.trackers=[jsonl, tensorboard]", "training.max_steps=35", "training.eval_every=15",
             "training.checkpoint_every=25"]
-    assert run(tmp_path, "each", *both)[0] == 0
-    assert run(tmp_path, "tens", *both, "logging.every=10")[0] == 0
+    assert run_task(tmp_path, "each", *both)[0] == 0
+    assert run_task(tmp_path, "tens", *both, "logging.every=10")[0] == 0
     each, tens = tmp_path / "each", tmp_path / "tens"
-    keys = {k for r in records(each) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
+    keys = {k for r in task_records(each) if "event" not in r for k in r} - {"step", "time", "train/tokens_per_sec"}
     assert {"train/loss", "train/loss/a", "train/grad_norm", "train/lr", "train/tokens_seen"} <= keys
     for key in sorted(keys):
         assert series(tens, key) == series(each, key), key  # bit for bit, at its own step
@@ -240,7 +130,7 @@ def test_a_loss_gone_non_finite_between_read_backs_stops_there_and_leaves_last_a
     import json
 
     monkeypatch.setenv("TINY_TASK_STOP_AT", f"nan:{12 * 16}")  # step 13's batch
-    code, run_dir = run(tmp_path, "nan", f"logging.every={every}")
+    code, run_dir = run_task(tmp_path, "nan", f"logging.every={every}")
     stop = stop_event(run_dir)
     assert code == 1 and stop["reason"] == "diverged" and stop["step"] == found_at
     assert stop["detail"].startswith("Training diverged at step 13: the loss became nan")
@@ -255,7 +145,7 @@ def test_a_loss_gone_non_finite_between_read_backs_stops_there_and_leaves_last_a
 
 @pytest.mark.slow  # torch.compile takes ~20 s on 2 CPU cores
 def test_compilation_is_reported_apart_from_training(tmp_path):
-    code, run_dir = run(tmp_path, "compiled", "training.compile=true", "training.max_steps=12", "logging.every=5")
+    code, run_dir = run_task(tmp_path, "compiled", "training.compile=true", "training.max_steps=12", "logging.every=5")
     assert code == 0 and [s for s, _ in series(run_dir, "train/loss")] == list(range(1, 13))
     said = [ln for ln in (run_dir / "train.log").read_text().splitlines() if " took " in ln]
     assert len(said) == 1 and "step 1 took" in said[0] and "(torch.compile compiling, allocations)" in said[0]
@@ -268,16 +158,16 @@ def test_a_bad_read_back_interval_is_a_config_error():
     from tracked_train.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"logging.every=0 is invalid: allowed range is \[1, 1e\+06\]"):
-        resolve("logging.every=0")
-    assert resolve().logging.interval("cpu") == 1 and resolve().logging.interval("cuda:0") == 10
-    assert resolve("logging.every=4").logging.interval("cuda") == 4
+        resolve_task("logging.every=0")
+    assert resolve_task().logging.interval("cpu") == 1 and resolve_task().logging.interval("cuda:0") == 10
+    assert resolve_task("logging.every=4").logging.interval("cuda") == 4
 
 
 def test_resuming_with_a_changed_shape_setting_is_refused_before_anything_is_said(tmp_path, capfd):
     from tracked_train.errors import CheckpointError
     from tracked_train.resume import resume
 
-    code, a = run(tmp_path, "shape", "training.max_steps=10")
+    code, a = run_task(tmp_path, "shape", "training.max_steps=10")
     assert code == 0
     before = (a / "metrics.jsonl").read_bytes()
     capfd.readouterr()
@@ -295,19 +185,19 @@ def test_a_monitor_no_metric_answers_fails_at_the_first_evaluation(tmp_path):
 
     with pytest.raises(UserError, match=r"early_stopping.monitor='val/acuracy' is not a metric this task logs "
                                         r"\(val/accuracy, val/loss\)"):
-        run(tmp_path, "typo", "early_stopping.monitor=val/acuracy", "early_stopping.patience=1")
-    stop = [r for r in records(tmp_path / "typo") if r.get("event") == "stop"][-1]
+        run_task(tmp_path, "typo", "early_stopping.monitor=val/acuracy", "early_stopping.patience=1")
+    stop = [r for r in task_records(tmp_path / "typo") if r.get("event") == "stop"][-1]
     assert stop["reason"] == "failed" and stop["step"] == 10 and "val/acuracy" in stop["detail"]
 
 
 def test_task_args_defaults_and_overrides():
-    flat = resolve().flat()
-    assert flat["task"] == TINY
+    flat = resolve_task().flat()
+    assert flat["task"] == TINY_TASK
     assert {k: v for k, v in flat.items() if k.startswith("task_args.")} == {
         "task_args.hidden": 8, "task_args.b_weight": 0.5, "task_args.valid_examples": 256}
-    assert resolve(environ={"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "16"}).task_args["hidden"] == 16
-    assert resolve(environ={"TRACKED_TRAIN_TASK_ARGS_B_WEIGHT": "2"}).task_args["b_weight"] == 2.0
-    both = resolve("task_args.hidden=32", environ={"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "16"})
+    assert resolve_task(environ={"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "16"}).task_args["hidden"] == 16
+    assert resolve_task(environ={"TRACKED_TRAIN_TASK_ARGS_B_WEIGHT": "2"}).task_args["b_weight"] == 2.0
+    both = resolve_task("task_args.hidden=32", environ={"TRACKED_TRAIN_TASK_ARGS_HIDDEN": "16"})
     assert both.task_args["hidden"] == 32  # --set over the environment
     from tracked_train import task
 
@@ -331,57 +221,27 @@ def test_bad_task_args_are_one_line_config_errors(sets, environ, expected):
     from tracked_train.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        resolve(*sets, environ=environ)
+        resolve_task(*sets, environ=environ)
     assert all(x in str(e.value) for x in expected) and "\n" not in str(e.value), str(e.value)
-
-
-@dataclass(frozen=True)
-class OddSettings:
-    at_least: int = field(default=1, metadata={"lo": 1})  # a bound on one side only
-    sizes: tuple[int, ...] = (8, 16)
-
-
-class OddTask(TinyTask):
-    Settings = OddSettings
 
 
 def test_a_one_sided_range_is_a_config_error():
     from tracked_train.errors import ConfigError
 
     with pytest.raises(ConfigError, match="must be at least 1"):
-        resolve("task_args.at_least=0", task=f"{HERE}:OddTask")
+        resolve_task("task_args.at_least=0", task=task_spec("OddTask"))
 
 
 def test_a_tuple_of_integers_setting_keeps_its_type():
     from tracked_train.errors import ConfigError
 
-    assert resolve("task_args.sizes=[4, 2]", task=f"{HERE}:OddTask").task_args["sizes"] == (4, 2)
-    assert resolve(task=f"{HERE}:OddTask").task_args["sizes"] == (8, 16)  # the default, typed too
+    assert resolve_task("task_args.sizes=[4, 2]", task=task_spec("OddTask")).task_args["sizes"] == (4, 2)
+    assert resolve_task(task=task_spec("OddTask")).task_args["sizes"] == (8, 16)  # the default, typed too
     with pytest.raises(ConfigError, match=r"task_args.sizes\[1\]='x' is invalid: expected an integer"):
-        resolve("task_args.sizes=[4, x]", task=f"{HERE}:OddTask")
+        resolve_task("task_args.sizes=[4, x]", task=task_spec("OddTask"))
 
 
 # --- bad tasks -----------------------------------------------------------------------------------------------
-
-BROKEN = '''
-import tracked_train
-
-class NotATask:
-    pass
-
-class Half(tracked_train.Task):
-    def build_model(self): ...
-    def batch(self, position, size): ...
-    def loss(self, model, batch): ...
-
-class Explodes(tracked_train.Task):
-    def build_model(self):
-        raise RuntimeError("no such layer: 'attn2'")
-    def batch(self, position, size): ...
-    def loss(self, model, batch): ...
-    def evaluate(self, model): return {}
-'''
-
 
 @pytest.mark.parametrize("spec, expected", [
     ("missing.py:T", "task file 'missing.py' does not exist"),
@@ -394,17 +254,17 @@ class Explodes(tracked_train.Task):
 def test_a_bad_task_spec_is_one_config_error_line(tmp_path, monkeypatch, spec, expected):
     from tracked_train.errors import ConfigError
 
-    (tmp_path / "broken.py").write_text(BROKEN)
+    (tmp_path / "broken.py").write_text(BROKEN_TASKS)
     monkeypatch.chdir(tmp_path)  # a task file's path is relative to the working folder
     with pytest.raises(ConfigError) as e:
-        resolve(task=spec)
+        resolve_task(task=spec)
     assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_a_task_whose_build_model_fails_exits_2_in_one_line_and_leaves_no_run_folder(tmp_path):
     from conftest import cli
 
-    (tmp_path / "broken.py").write_text(BROKEN)
+    (tmp_path / "broken.py").write_text(BROKEN_TASKS)
     out = tmp_path / "out"
     r = cli("run", "--output-dir", str(out), "--run-name", "x", "--set", "task=broken.py:Explodes",
             "--set", "tracking.trackers=jsonl", "--set", "training.device=cpu", cwd=tmp_path)
@@ -418,15 +278,6 @@ def test_a_task_whose_build_model_fails_exits_2_in_one_line_and_leaves_no_run_fo
 
 # --- sweeps over a task, in this process ----------------------------------------------------------------------
 
-class FragileTask(TinyTask):
-    """Fails in setup (build_model) for hidden=3: a trial config no validation can know is bad."""
-
-    def build_model(self):
-        if self.settings.hidden == 3:
-            raise RuntimeError("hidden=3 is not buildable")
-        return super().build_model()
-
-
 def sweep_cli(tmp_path: Path, *extra: str, trials: int = 1):
     from click.testing import CliRunner
 
@@ -435,8 +286,8 @@ def sweep_cli(tmp_path: Path, *extra: str, trials: int = 1):
     (tmp_path / "space.yaml").write_text("task_args.hidden: {choice: [3, 8]}\n")
     args = ["sweep", "--space", str(tmp_path / "space.yaml"), "--storage", f"sqlite:///{tmp_path / 'study.db'}",
             "--study", "s", "--trials", str(trials), "--seed", "0", "--tracker", "jsonl",
-            "--output-dir", str(tmp_path / "runs"), "--set", f"task={HERE}:FragileTask"]
-    for s in [*BASE, *extra]:
+            "--output-dir", str(tmp_path / "runs"), "--set", f"task={task_spec('FragileTask')}"]
+    for s in [*TASK_BASE, *extra]:
         args += ["--set", s]
     return CliRunner().invoke(main, args)
 
@@ -473,7 +324,7 @@ def test_a_sweep_checks_what_every_trial_would_before_it_makes_anything(tmp_path
         (tmp_path / "space.yaml").write_text("training.warmup_steps: {int: [0, 2]}\n")
         args = ["sweep", "--space", str(tmp_path / "space.yaml"), "--storage", f"sqlite:///{tmp_path / 'study.db'}",
                 "--study", "s", "--tracker", "jsonl", "--output-dir", str(tmp_path / "runs"), *extra,
-                *[a for s in [f"task={TINY}", *BASE, *sets] for a in ("--set", s)]]
+                *[a for s in [f"task={TINY_TASK}", *TASK_BASE, *sets] for a in ("--set", s)]]
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "space.yaml"]

@@ -211,7 +211,8 @@ def test_tensorboard_resume_shows_each_step_once_as_jsonl_does(tmp_path):
 
     def attempt(start: int, steps: range, scale: float, rewind: bool = False, stop: str | None = "completed"):
         trackers = Trackers([JsonlTracker(), TensorboardTracker()])
-        trackers.start(RunInfo("r", tmp_path, cfg, start, {} if start else None, start > 0, rewind))
+        trackers.start(RunInfo.of(cfg, "r", tmp_path, start_step=start, resume_state={} if start else None,
+                                      continuing=start > 0, rewind=rewind))
         if not start:
             trackers.log_params(cfg.flat())
         for step in steps:

@@ -70,7 +70,7 @@ def test_fanout_survives_a_failing_backend(tmp_path, caplog):
     good, bad = Recorder(), Recorder(fail=True)
     bad.name = "bad"
     fan = Trackers([bad, good])
-    fan.start(RunInfo("r", tmp_path, Config(), 0, {"recorder": {"x": 1}}))
+    fan.start(RunInfo.of(Config(), "r", tmp_path, resume_state={"recorder": {"x": 1}}))
     fan.log_metrics({"train/loss": 1.0}, 1)
     fan.log_metrics({"train/loss": 0.5}, 2)
     fan.finish(outcome())
@@ -82,7 +82,7 @@ def test_fanout_survives_a_failing_backend(tmp_path, caplog):
 
 def test_jsonl_records_and_truncates_on_resume(tmp_path):
     t = JsonlTracker()
-    t.start(RunInfo("r", tmp_path, Config()))
+    t.start(RunInfo.of(Config(), "r", tmp_path))
     for step in range(1, 6):
         t.log_metrics({"train/loss": 1.0 / step}, step)
     path = tmp_path / "metrics.jsonl"
@@ -90,7 +90,7 @@ def test_jsonl_records_and_truncates_on_resume(tmp_path):
         f.write('{"step": 6, "train/lo')  # torn line from a kill -9
     assert truncate_after(path, 3) == 2
     r = JsonlTracker()
-    r.start(RunInfo("r", tmp_path, Config(), start_step=3))
+    r.start(RunInfo.of(Config(), "r", tmp_path, start_step=3))
     r.log_metrics({"train/loss": 0.25}, 4)
     r.finish(outcome())
     recs = [json.loads(line) for line in path.read_text().splitlines()]
@@ -149,7 +149,7 @@ def test_a_plugin_trackers_own_settings_come_from_yaml_set_and_the_environment(t
     # The tracker receives its own settings, typed, at start; the config records them, the secret redacted.
     cfg = resolve("tracking.pager.token=hunter2", "tracking.pager.every=3")
     trackers = Trackers([Pager()])
-    trackers.start(RunInfo("r", tmp_path, cfg))
+    trackers.start(RunInfo.of(cfg, "r", tmp_path))
     assert trackers.trackers[0].calls == [("start", PagerSettings("#runs", 3, "hunter2"))]
     assert cfg.flat()["tracking.pager.every"] == 3 and cfg.flat()["tracking.pager.token"] == "***"
 

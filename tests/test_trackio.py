@@ -176,4 +176,4 @@ def test_without_the_trackio_package_says_what_to_install(tmp_path, monkeypatch)
 
     monkeypatch.setitem(sys.modules, "trackio", None)  # what `import trackio` sees when it is not installed
     with pytest.raises(UserError, match=r"pip install 'tracked-train\[trackio\]'"):
-        create("trackio").start(RunInfo("x", tmp_path, Config()))
+        create("trackio").start(RunInfo.of(Config(), "x", tmp_path))

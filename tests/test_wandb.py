@@ -167,7 +167,7 @@ def test_disabled_mode_records_nothing(tmp_path, monkeypatch):
     wandb.teardown()  # settings are read at setup: start from this environment
     try:
         t = WandbTracker()
-        t.start(RunInfo("off", tmp_path, Config()))
+        t.start(RunInfo.of(Config(), "off", tmp_path))
         t.log_params(Config().flat())
         t.log_metrics({"train/loss": 1.0}, 1)
         t.finish(Outcome(Stop("completed", "Completed all 1 steps.", 1)))
@@ -183,7 +183,7 @@ def test_without_the_wandb_package_says_what_to_install(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` sees when it is not installed
     with pytest.raises(UserError, match="pip install wandb"):
-        create("wandb").start(RunInfo("x", tmp_path, Config()))
+        create("wandb").start(RunInfo.of(Config(), "x", tmp_path))
 
 
 def test_kill_9_then_resume_leaves_every_step_of_metrics_jsonl_in_wandb_once(tmp_path):

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import SIDE_BY_SIDE, cli, free_port, metric_lines, records, sets
+from conftest import SIDE_BY_SIDE, Hook, cli, free_port, metric_lines, records, sets
 
 from tracked_train.config import Config
 from tracked_train.early_stopping import Stop
@@ -22,35 +19,6 @@ from tracked_train.trackers import Outcome, RunInfo
 from tracked_train.trackers.webhook import ENV_URL, WebhookTracker
 
 SECRET = "hook-t0ken-5150"
-
-
-class Hook:
-    """A real endpoint recording each POST as (path, headers, JSON body)."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict, dict]] = []
-        posts = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                posts.append((self.path, dict(self.headers), body))
-                self.send_response(204)  # what Discord answers
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def bodies(self) -> list[dict]:
-        return [b for _, _, b in self.posts]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -76,7 +44,7 @@ def hanging_url():
 
 
 def _run_info(tmp_path, start_step=0, resume_state=None, **dotted) -> RunInfo:
-    return RunInfo("unit", tmp_path, Config().replace(**dotted), start_step, resume_state)
+    return RunInfo.of(Config().replace(**dotted), "unit", tmp_path, start_step=start_step, resume_state=resume_state)
 
 
 # -- real training runs, side by side: no webhook, a working one, one refusing, one hanging -------------

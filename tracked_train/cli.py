@@ -185,7 +185,7 @@ def sync(run_dir: Path) -> int:
     """Send what a run could not deliver to its MLflow server (it was down, or the process died)."""
     from .console import setup_logging
     from .lock import RunLock
-    from .mlflow.tracker import sync as sync_mlflow
+    from .mlflow.sync import sync as sync_mlflow
 
     setup_logging(None)
     if not run_dir.is_dir():

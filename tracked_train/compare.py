@@ -213,37 +213,13 @@ def _print_compare_table(runs, names, params, metrics) -> None:
 
 def plot_losses(runs: Sequence[Run], names: Sequence[str], params: dict[str, list[str | None]], path: Path,
                 x_axis: str = "step") -> None:
-    """Train (solid) and val (dashed, dots) loss of every run on one axes, one colour per run."""
-    import matplotlib
+    """Train and val loss of every run on one axes, labelled with its name and first differing params."""
+    from .plots import Curves, runs_figure, save_png
 
-    matplotlib.use("Agg")  # no display needed, and none is assumed
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    handles = []
-    for i, (run, name) in enumerate(zip(runs, names)):
-        colour = f"C{i % 10}"
-        train, val = (_xy(run, key, x_axis) for key in ("train/loss", "val/loss"))
-        if train:
-            ax.plot(*zip(*train), color=colour, linewidth=1.2, alpha=0.85)
-        if val:
-            ax.plot(*zip(*val), "o--", color=colour, linewidth=1.5, markersize=4)
-        label = _plot_label(name, {k: v[i] for k, v in list(params.items())[:PLOT_LABEL_PARAMS]})
-        handles.append(Line2D([], [], color=colour, linewidth=2, label=label))
-    # One legend entry per run (its colour), and two for the line styles, so the legend stays short.
-    handles += [Line2D([], [], color="0.4", linewidth=1.2, label="train loss"),
-                Line2D([], [], color="0.4", linestyle="--", marker="o", markersize=4, label="val loss")]
-    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # counts: round ticks
-    ax.set_xlabel("tokens seen" if x_axis == "tokens" else "step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"loss by {'tokens seen' if x_axis == 'tokens' else 'step'}")
-    ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")  # "tight": keeps the legend below the axes
-    plt.close(fig)
+    curves = [Curves(_plot_label(name, {k: v[i] for k, v in list(params.items())[:PLOT_LABEL_PARAMS]}),
+                     *(_xy(run, key, x_axis) for key in ("train/loss", "val/loss")))
+              for i, (run, name) in enumerate(zip(runs, names))]
+    save_png(runs_figure(curves, "tokens seen" if x_axis == "tokens" else "step"), path)
 
 
 def _plot_label(name: str, params: dict[str, str | None]) -> str:

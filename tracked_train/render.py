@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -40,9 +41,28 @@ def print_table(headers: list[str], rows: Sequence[list[str] | str], right: set[
     console.print(table)
 
 
-def write_csv(rows: list[list[Any]]) -> None:
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerows([["" if c is None else c for c in row] for row in rows])
+def csv_text(rows: Sequence[Sequence[Any]], lineterminator: str = "\n") -> str:
+    """Rows (the first one the header) as CSV; None is an empty cell."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=lineterminator).writerows([["" if c is None else c for c in row] for row in rows])
+    return buf.getvalue()
+
+
+def write_csv(rows: Sequence[Sequence[Any]]) -> None:
+    sys.stdout.write(csv_text(rows))
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table (MLflow renders one in a run's note)."""
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An aligned plain-text table (a log or a console that is not a terminal)."""
+    cells = [list(headers), *map(list, rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def fmt(value: float | None, digits: int) -> str:

@@ -25,7 +25,8 @@ from . import checkpoint, config, sources
 from .early_stopping import StopReason
 from .errors import CheckpointError, ConfigError, NoCheckpoint, UserError
 from .lock import RunLock
-from .runner import Attempt, lifecycle, make_run_dir, read_tracker_state
+from .run_folder import is_run_folder, read_tracker_state
+from .runner import Attempt, lifecycle, make_run_dir
 
 log = logging.getLogger("tracked_train")
 
@@ -90,7 +91,7 @@ def _attempt(source: str, sets: list[str], which: str, fork: bool, allow: bool) 
     """Rank 0's part: the checkpoint checked, the config settled, the run folder chosen and locked."""
     overrides = dict(config.parse_assignment(s) for s in sets)  # bad keys fail before any download
     ref = sources.parse(source)
-    if ref.kind == "local" and sources.is_run_folder(Path(ref.value)) and not fork:
+    if ref.kind == "local" and is_run_folder(Path(ref.value)) and not fork:
         return _in_place(Path(ref.value), overrides, which, allow)
     uri = overrides.get("tracking.mlflow.uri", overrides.get("tracking.mlflow_uri"))  # (its older name)
     with sources.fetched(source, which, uri) as (folder, origin):
@@ -263,7 +264,7 @@ def repair_endings(run_dir: Path, cfg: config.Config, stop: dict) -> None:
         return
     started = read_tracker_state(run_dir)  # the trackers of the last attempt, the one that wrote this stop
     names = list(started) if started is not None else [s.partition("=")[0] for s in cfg.tracking.trackers]
-    run = RunInfo(run_dir.name, run_dir, cfg)
+    run = RunInfo.of(cfg, run_dir.name, run_dir)
     for name in names:
         try:
             tracker = create(name)

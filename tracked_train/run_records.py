@@ -3,7 +3,7 @@
 Two places hold runs: the MLflow store (``MLFLOW_TRACKING_URI``, else the
 embedded ``sqlite:///mlflow.db`` in the working folder) and the run folders
 under ``--output-dir`` (their ``metrics.jsonl``). A run tracked in both is
-read once: a folder whose ``mlflow/state.json`` names a run already listed
+read once: a folder whose ``trackers.json`` names a run already listed
 from the server is not listed again.
 
 Everything here only reads. In particular an absent embedded store stays absent:
@@ -23,9 +23,8 @@ from typing import Any
 
 from .errors import UserError
 from .mlflow.store import Store
-from .mlflow.tracker import spool_run_id
 from .render import iso
-from .sources import is_run_folder
+from .run_folder import is_run_folder, tracked_run_id
 from .trackers import jsonl
 
 # Metrics compared by `compare` first (lower is better for each), then every other validation metric and loss
@@ -77,7 +76,7 @@ class Run:
 
 
 def load_local(run_dir: Path) -> Run:
-    """A run folder's record: metrics.jsonl, plus the MLflow run id from mlflow/state.json."""
+    """A run folder's record: metrics.jsonl, plus its MLflow run id (trackers.json)."""
     path = run_dir / jsonl.FILENAME
     records = jsonl.read(path) if path.is_file() else []  # a run with no jsonl tracker (`--tracker null`)
     params = next((r["params"] for r in reversed(records) if r.get("event") == "params"), {})
@@ -86,7 +85,7 @@ def load_local(run_dir: Path) -> Run:
     start, last = _time_span(records)
     tokens = history.get(TOKENS)
     return Run(
-        name=run_dir.name, source="local", run_id=spool_run_id(run_dir / "mlflow"), run_dir=run_dir,
+        name=run_dir.name, source="local", run_id=tracked_run_id(run_dir, "mlflow"), run_dir=run_dir,
         status=_status(stop.get("reason")) if stop else "RUNNING",
         stop_reason=stop.get("reason") if stop else None, stop_detail=stop.get("detail") if stop else None,
         steps=stop.get("step") if stop else max((s for s, _ in history.get("train/loss", [])), default=None),
@@ -160,10 +159,10 @@ def _with_folder(run: Run, twin: Run | None) -> Run:
 
 
 def _twin(run_id: str | None, output_dir: Path) -> Run | None:
-    """The run folder under ``output_dir`` whose mlflow/state.json names ``run_id`` (only that one is read)."""
+    """The run folder under ``output_dir`` whose trackers.json names MLflow run ``run_id`` (only that one is read)."""
     if run_id and output_dir.is_dir():
         for d in sorted(output_dir.iterdir()):
-            if is_run_folder(d) and spool_run_id(d / "mlflow") == run_id:
+            if is_run_folder(d) and tracked_run_id(d, "mlflow") == run_id:
                 return load_local(d)
     return None
 

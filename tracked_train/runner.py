@@ -17,9 +17,7 @@ also removes a new run's folder, so nothing is half-written.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import time
 import traceback
@@ -35,11 +33,10 @@ from .early_stopping import Judge, Stop, StopReason
 from .errors import ConfigError, ReportedOnRank0, UserError, describe
 from .interrupts import Deferred
 from .lock import RunLock
+from .run_folder import TRACKERS_FILE, write_tracker_state
 from .trackers import Outcome, RunInfo, Trackers
 
 log = logging.getLogger("tracked_train")
-
-TRACKERS_FILE = "trackers.json"
 
 
 @dataclass
@@ -172,8 +169,9 @@ def _open(a: Attempt):
         # A signal while the trackers start (a run created on the server, its id not yet recorded) would leave
         # that run RUNNING with nobody knowing it: it waits until they have started, then aborts them below.
         with Deferred() as deferred:
-            trackers.start(RunInfo(a.cfg.run.name or a.run_dir.name, a.run_dir, a.cfg, a.start_step,
-                                   a.tracker_state, continuing=a.tracker_state is not None, rewind=a.rewind))
+            trackers.start(RunInfo.of(a.cfg, a.cfg.run.name or a.run_dir.name, a.run_dir, start_step=a.start_step,
+                                      resume_state=a.tracker_state, continuing=a.tracker_state is not None,
+                                      rewind=a.rewind))
             started = True
             write_tracker_state(a.run_dir, trackers)
         if deferred.received:
@@ -214,24 +212,6 @@ def _open(a: Attempt):
                 setup_logging(None)
                 shutil.rmtree(a.run_dir, ignore_errors=True)
         raise
-
-
-def write_tracker_state(run_dir: Path, trackers: Trackers) -> None:
-    tmp = run_dir / f"{TRACKERS_FILE}.tmp"
-    tmp.write_text(json.dumps(trackers.state()))
-    os.replace(tmp, run_dir / TRACKERS_FILE)
-
-
-def read_tracker_state(run_dir: Path) -> dict[str, Any] | None:
-    """The tracked runs a folder started (None when it never started any, or the file is damaged)."""
-    try:
-        state = json.loads((Path(run_dir) / TRACKERS_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        log.warning("%s is damaged; the resumed run starts new tracked runs", Path(run_dir) / TRACKERS_FILE)
-        return None
-    return state if isinstance(state, dict) else None
 
 
 def prepare(cfg: Config, run_dir: Path, trackers: Trackers, resume_from: dict[str, Any] | None = None,

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import checkpoint
 from .errors import CheckpointError, NoCheckpoint, UserError
+from .run_folder import is_run_folder
 
 log = logging.getLogger("tracked_train")
 
@@ -95,13 +96,6 @@ def fetched(ref: str, which: str = "last", mlflow_uri: str | None = None) -> Ite
         yield folder, origin
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def is_run_folder(path: Path) -> bool:
-    """A run folder (never a checkpoint folder, which also holds a config.yaml)."""
-    if not path.is_dir() or (path / checkpoint.MANIFEST).exists():
-        return False
-    return (path / "checkpoints").is_dir() or ((path / "config.yaml").is_file() and (path / "metrics.jsonl").exists())
 
 
 def _local(value: str, which: str) -> tuple[Path, Origin]:

@@ -127,7 +127,7 @@ class Run:
         from .checkpoint import clean
         from .console import setup_logging
         from .lock import RunLock
-        from .runner import read_tracker_state, write_tracker_state
+        from .run_folder import read_tracker_state, write_tracker_state
         from .trackers import RunInfo, Trackers
 
         Trackers.from_specs(cfg.tracking.trackers)  # an unknown tracker name fails before any folder
@@ -153,8 +153,8 @@ class Run:
             if new:
                 (self.run_dir / "config.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             continuing = tracker_state is not None
-            trackers.start(RunInfo(self.run_dir.name, self.run_dir, cfg, self.start_step, tracker_state,
-                                   continuing=continuing, params=params))
+            trackers.start(RunInfo.of(cfg, self.run_dir.name, self.run_dir, params, start_step=self.start_step,
+                                      resume_state=tracker_state, continuing=continuing))
             started = True
             write_tracker_state(self.run_dir, trackers)
             if not continuing:
@@ -196,7 +196,7 @@ class Run:
                                                                             else None)
             drop, word = verdict(initial, final) if initial is not None and final is not None else (0.0, "not learning")
             outcome = Outcome(stop, self._best_step, self._best_val_loss, initial, final, drop, word)
-            from .runner import write_tracker_state
+            from .run_folder import write_tracker_state
 
             with Deferred():  # a signal now waits until every tracker holds the ending
                 write_tracker_state(self.run_dir, self._trackers)  # what each holds, for a folder opened again
@@ -274,7 +274,7 @@ class Run:
         one): checkpoints load weights-only, so no pickled object can run code when a run is continued.
         """
         from . import checkpoint
-        from .runner import write_tracker_state
+        from .run_folder import write_tracker_state
 
         self._check_open()
         step = self._last_step if step is None else step

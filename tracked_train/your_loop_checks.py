@@ -52,13 +52,13 @@ def check_loadable(state: Any, path: str = "state") -> None:
 
 def check_folder(run_dir: Path) -> bool:
     """True for a new folder; a folder of this API's runs continues; anything else is refused in one line."""
-    from .sources import is_run_folder
+    from .run_folder import TRACKERS_FILE, is_run_folder
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a run folder; give the path of a folder (new or a run's)")
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return True
-    if not is_run_folder(run_dir) and not (run_dir / "trackers.json").exists():
+    if not is_run_folder(run_dir) and not (run_dir / TRACKERS_FILE).exists():
         raise UserError(f"{run_dir} holds other files and is not a run folder; give a new or empty folder, "
                         "or one a Run made")
     last = read_last(run_dir, check_only=True)

@@ -36,41 +36,15 @@ from ..redact import strip_userinfo
 from ..trackers.snapshot import remove
 from ..trackers.spool import BadEvent, Blocked, Spool
 from .client import ExperimentDeleted, check_reachable, connect, experiment_id, is_transient, status_of
+from .events import Artifact, Create, Delete, End, Event, Figure, Inputs, Metrics, Model, Params, Tags, decode, readable
 
 log = logging.getLogger("tracked_train")
 
-# Fields each event kind must carry; a line without them is quarantined, not retried forever.
-FIELDS = {"metrics": ("step", "t", "m"), "params": ("p",), "tags": ("tags",), "artifact": ("src", "dst"),
-          "model": ("src",), "figure": (), "create": ("t", "tags"), "inputs": ("d",),
-          "delete": (), "end": ("status", "t")}
-# The best step (or a periodic checkpoint's), its metrics, a Model Registry name; a periodic checkpoint's model
-# also has its folder's name, its metrics' timestamp and the validation split they were measured on.
-OPTIONAL = {"model": ("step", "m", "register", "checkpoint", "t", "dataset")}
-SPLIT_FIELDS = (("context", str), ("name", str), ("source_type", str), ("source", str), ("digest", str),
-                ("lines", int), ("chars", int))  # data.DatasetInfo, as an inputs event carries it
-BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 99}  # MLflow's log_batch limits
+# Consecutive events of these kinds go to the server as one log_batch, within MLflow's limits per request.
+BATCH_LIMITS: dict[type[Metrics | Params | Tags], int] = {Metrics: 1000, Params: 100, Tags: 99}
+UPLOADS = (Artifact, Model)  # events whose snapshot (src) is removed once the server has it
 # The spool offset a run's server has accepted events through (see the module's docstring).
 MARK_TAG = "tracked_train.delivered"
-
-
-def check_event(e: dict[str, Any]) -> None:
-    kind = e.get("k")
-    if kind not in FIELDS:
-        raise BadEvent(f"unknown event kind {kind!r}")
-    missing = [f for f in FIELDS[kind] if f not in e]
-    if missing:
-        raise BadEvent(f"{kind} event without {', '.join(missing)}")
-    types = {"step": int, "t": int, "m": dict, "p": dict, "tags": dict, "src": str, "dst": str, "status": str,
-             "d": list, "register": (str, type(None)), "checkpoint": str, "dataset": (dict, type(None))}
-    wrong = [f for f in (*FIELDS[kind], *OPTIONAL.get(kind, ())) if f in e and not isinstance(e[f], types[f])]
-    if wrong:
-        raise BadEvent(f"{kind} event with a malformed {', '.join(wrong)}")
-    if not all(isinstance(v, (int, float)) for v in e.get("m", {}).values()):
-        raise BadEvent(f"{kind} event with a metric value that is not a number")
-    # A split missing a field would fail in _do_inputs on every retry: quarantine it here instead.
-    if kind == "inputs" and not all(isinstance(d, dict) and all(isinstance(d.get(f), t) for f, t in SPLIT_FIELDS)
-                                    for d in e["d"]):
-        raise BadEvent("inputs event with a malformed data split")
 
 
 class MlflowSink:
@@ -78,6 +52,10 @@ class MlflowSink:
         self.uri, self.run_dir, self.spool = uri, Path(run_dir), spool
         self.experiment = experiment or spool.state.get("experiment") or "tracked-train"
         self.client: Any = None
+        # How each event that is not part of a log_batch is sent, by its type.
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            Create: self._create, Artifact: self._artifact, Model: self._model, Inputs: self._inputs,
+            Figure: self._figure, Delete: self._delete, End: self._end}
 
     @property
     def where(self) -> str:
@@ -99,40 +77,41 @@ class MlflowSink:
         # Every batch (one GET, batches are a second or more apart): a server swapped between two batches
         # without a failure seen in between (this process was stopped meanwhile) is caught too.
         self._run_missing(check_mark=True)  # gone, deleted or behind there: Blocked, with what to do
-        group: list[tuple[int, dict[str, Any]]] = []  # consecutive metrics/params/tags: one log_batch
+        group: list[tuple[int, Metrics | Params | Tags]] = []  # consecutive metrics/params/tags: one log_batch
         size = dict.fromkeys(BATCH_LIMITS, 0)
-        for offset, e in batch:
+        for offset, raw in batch:
             try:
-                check_event(e)
+                event = decode(raw)
             except BadEvent as why:
                 self._send_group(group)
                 group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
-                self.spool.quarantine(_line(e), str(why), offset)
+                self.spool.quarantine(_line(raw), str(why), offset)
                 self.spool.ack(offset)
                 continue
-            kind = e["k"]
-            if kind in BATCH_LIMITS:
-                n = len(e[FIELDS[kind][-1]])
+            if isinstance(event, (Metrics, Params, Tags)):
+                kind, n = type(event), len(event.values)
                 if size[kind] + n > BATCH_LIMITS[kind]:
                     self._send_group(group)
                     group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
-                group.append((offset, e))
+                group.append((offset, event))
                 size[kind] += n
                 continue
             self._send_group(group)
             group, size = [], dict.fromkeys(BATCH_LIMITS, 0)
             # A refused create is neither rejected nor acknowledged: without its run nothing after it could be
             # sent, so the sending stops (Blocked) with everything pending.
-            delivered = self._deliver(kind, lambda e=e: getattr(self, f"_do_{e['k']}")(e), [e],
-                                      reject=kind != "create")
-            if kind == "create" and not delivered:
+            creates = isinstance(event, Create)
+            send = self._handlers[type(event)]
+            delivered = self._deliver(event.kind, lambda send=send, event=event: send(event), [event],
+                                      reject=not creates)
+            if creates and not delivered:
                 raise Blocked(f"MLflow at {self.where} refuses to create the run; see the error above")
-            if "src" in e and delivered:
-                remove(self.run_dir / e["src"])  # a rejected upload keeps its snapshot, named in rejected.jsonl
+            if isinstance(event, UPLOADS) and delivered:
+                remove(self.run_dir / event.src)  # a rejected upload keeps its snapshot, named in rejected.jsonl
             self.spool.ack(offset)
         self._send_group(group)
 
-    def _send_group(self, group: list[tuple[int, dict[str, Any]]]) -> None:
+    def _send_group(self, group: list[tuple[int, Metrics | Params | Tags]]) -> None:
         if not group:
             return
         events, mark = [e for _, e in group], group[-1][0]
@@ -150,7 +129,7 @@ class MlflowSink:
         """Accepted through ``offset``, the server's mark now says so too."""
         self.spool.save_state(delivered=offset, acked=max(offset, self.spool.state["acked"]))  # one write
 
-    def _deliver(self, what: str, op: Callable[[], None], events: list[dict[str, Any]], reject: bool = True) -> bool:
+    def _deliver(self, what: str, op: Callable[[], None], events: list[Event], reject: bool = True) -> bool:
         """Run ``op``: True when the server took it; a refusal of these events is rejected (or returned False)."""
         try:
             op()
@@ -169,7 +148,7 @@ class MlflowSink:
             log.error("mlflow: the server refused %s; kept in %s: %s", what, self.spool.folder / "rejected.jsonl",
                       why)
             for ev in events:
-                self.spool.reject(ev, why)
+                self.spool.reject(ev.to_json(), why)
             return False
 
     def _run_missing(self, check_mark: bool = False) -> bool:
@@ -195,17 +174,17 @@ class MlflowSink:
         return False
 
     # -- event kinds ----------------------------------------------------------------------------------
-    def _log_batch(self, events: list[dict[str, Any]], mark: int) -> None:
+    def _log_batch(self, events: list[Metrics | Params | Tags], mark: int) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         metrics, params, tags = [], [], [RunTag(MARK_TAG, str(mark))]  # in the same request: accepted together
         for e in events:
-            if e["k"] == "metrics":
-                metrics += [Metric(k, float(v), e["t"], e["step"]) for k, v in e["m"].items()]
-            elif e["k"] == "params":
-                params += [Param(k, str(v)) for k, v in e["p"].items()]
+            if isinstance(e, Metrics):
+                metrics += [Metric(k, float(v), e.time_ms, e.step) for k, v in e.values.items()]
+            elif isinstance(e, Params):
+                params += [Param(k, str(v)) for k, v in e.values.items()]
             else:
-                tags += [RunTag(k, str(v)) for k, v in e["tags"].items()]
+                tags += [RunTag(k, str(v)) for k, v in e.values.items()]
         self._require_run()
         self.client.log_batch(self.run_id, metrics, params, tags)
 
@@ -214,12 +193,11 @@ class MlflowSink:
             raise Blocked("the spool has no MLflow run to send to (its create event is missing); "
                           "resume the run to create one")
 
-    def _do_create(self, e: dict[str, Any]) -> None:
+    def _create(self, e: Create) -> None:
         if self.run_id:
             return
-        exp_id = self.experiment_id(e.get("experiment_name") or self.experiment)
-        run = self.client.create_run(exp_id, start_time=e["t"], tags=e["tags"],
-                                     run_name=e["tags"].get("mlflow.runName"))
+        exp_id = self.experiment_id(e.experiment or self.experiment)
+        run = self.client.create_run(exp_id, start_time=e.time_ms, tags=e.tags, run_name=e.tags.get("mlflow.runName"))
         self.spool.save_state(run_id=run.info.run_id, experiment_id=exp_id)
         log.info("mlflow: created run %s at %s", run.info.run_id, self.where)
 
@@ -231,18 +209,18 @@ class MlflowSink:
                           f"restore --experiment-id {e.experiment_id}`) and run `tracked-train sync {self.run_dir}`"
                           ) from None
 
-    def _do_artifact(self, e: dict[str, Any]) -> None:
+    def _artifact(self, e: Artifact) -> None:
         self._require_run()
-        src = self.run_dir / e["src"]
+        src = self.run_dir / e.src
         if not src.exists():
-            log.debug("mlflow: %s was superseded by a newer upload of %s", e["src"], e["dst"])
+            log.debug("mlflow: %s was superseded by a newer upload of %s", e.src, e.dst)
             return
         if src.is_dir():
             # Files first, manifest last: a half-finished upload never looks complete.
             for f in sorted(src.iterdir(), key=lambda p: p.name == "manifest.json"):
-                self.client.log_artifact(self.run_id, str(f), e["dst"])
+                self.client.log_artifact(self.run_id, str(f), e.dst)
             return
-        dst_dir, name = os.path.split(e["dst"])
+        dst_dir, name = os.path.split(e.dst)
         if name != src.name:
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(src, Path(tmp) / name)
@@ -250,24 +228,23 @@ class MlflowSink:
         else:
             self.client.log_artifact(self.run_id, str(src), dst_dir or None)
 
-    def _do_model(self, e: dict[str, Any]) -> None:
+    def _model(self, e: Model) -> None:
         from .logged_model import log_model
 
         self._require_run()
-        if not (self.run_dir / e["src"]).exists():
+        if not (self.run_dir / e.src).exists():
             return
         # A damaged snapshot raises CheckpointError, a refusal: the event is set aside in rejected.jsonl.
-        dataset = e.get("dataset")
+        dataset = e.dataset
         if dataset is not None and not all(isinstance(dataset.get(f), str) for f in ("name", "digest")):
             dataset = None
-        periodic = e.get("checkpoint")  # training.keep_checkpoints: checkpoints/step-000500
-        model_id = log_model(self.client, self.run_id, self.run_dir / e["src"], e["src"], e.get("m") or {},
-                             e.get("step", 0), e.get("register"), name=periodic or "model", timestamp=e.get("t"),
-                             dataset=dataset)
+        periodic = e.checkpoint  # training.keep_checkpoints: checkpoints/step-000500
+        model_id = log_model(self.client, self.run_id, self.run_dir / e.src, e.src, e.metrics or {}, e.step,
+                             e.register, name=periodic or "model", timestamp=e.time_ms, dataset=dataset)
         log.info("mlflow: logged %s as models:/%s", f"checkpoints/{periodic}" if periodic else "the best model",
                  model_id)
 
-    def _do_inputs(self, e: dict[str, Any]) -> None:
+    def _inputs(self, e: Inputs) -> None:
         """The data splits as MLflow dataset inputs (name, source, digest; context training/validation)."""
         import json
 
@@ -275,7 +252,7 @@ class MlflowSink:
 
         self._require_run()
         inputs = []
-        for d in e["d"]:
+        for d in e.splits:
             profile = json.dumps({"lines": d["lines"], "chars": d["chars"], "sha256": d["digest"]})
             # MLflow keeps at most 36 characters of a digest; the full sha256 is in the profile.
             dataset = Dataset(d["name"], d["digest"][:32], d["source_type"], json.dumps({"uri": d["source"]}),
@@ -283,21 +260,20 @@ class MlflowSink:
             inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", d["context"])]))
         self.client.log_inputs(self.run_id, datasets=inputs)
 
-    def _do_figure(self, e: dict[str, Any]) -> None:
+    def _figure(self, e: Figure) -> None:
         import matplotlib.pyplot as plt
 
         from ..plots import loss_figure
 
         self._require_run()
-        records = [{"step": ev["step"], **ev["m"]} for ev in self.spool.events()
-                   if ev.get("k") == "metrics" and isinstance(ev.get("m"), dict)]
-        fig = loss_figure(records, e.get("title", ""))
+        records = [{"step": ev.step, **ev.values} for ev in readable(self.spool.events()) if isinstance(ev, Metrics)]
+        fig = loss_figure(records, e.title)
         try:
             self.client.log_figure(self.run_id, fig, "loss_curve.png")
         finally:
             plt.close(fig)
 
-    def _do_delete(self, e: dict[str, Any]) -> None:
+    def _delete(self, e: Delete) -> None:
         from mlflow.exceptions import MlflowException
 
         if not self.run_id:
@@ -309,9 +285,9 @@ class MlflowSink:
                 raise
             log.info("mlflow: run %s was already gone (%s)", self.run_id, describe(ex))
 
-    def _do_end(self, e: dict[str, Any]) -> None:
+    def _end(self, e: End) -> None:
         self._require_run()
-        self.client.set_terminated(self.run_id, e["status"], end_time=e["t"])
+        self.client.set_terminated(self.run_id, e.status, end_time=e.time_ms)
 
 
 def check_holds(tags: dict[str, str], run_id: str | None, delivered: int, where: str, run_dir: Path) -> None:

@@ -80,16 +80,14 @@ def start_parent(uri: str, experiment: str, study: str, space: dict[str, str], t
 def _connect_new_store(uri: str, tries: int = 4) -> Any:
     """A client; workers started together race to create and migrate a new embedded store (sqlite), and
     the loser's migration fails: its next try finds the store made."""
-    import random
-    import threading
+    import tenacity
 
-    for _ in range(tries - 1):
-        try:
-            return connect(uri)
-        except Exception:  # noqa: BLE001 - the race above, or a real failure the last try reports
-            threading.Event().wait(0.2 + random.random())
+    # Any error is retried: the race above, or a real failure that the last try reports. A random pause keeps
+    # the racers apart.
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(tries), wait=tenacity.wait_random(0.2, 1.2),
+                                 retry=tenacity.retry_if_exception_type(Exception), reraise=True)
     try:
-        return connect(uri)
+        return retrying(connect, uri)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"cannot open the MLflow store at {strip_userinfo(uri)} ({describe(e, 200)}); "
                         "check tracking.mlflow.uri / MLFLOW_TRACKING_URI") from None

@@ -61,9 +61,9 @@ def update_parent(w: Worker) -> None:
         mlflow_sweep.update_parent(w.plan.mlflow_uri, w.parent_id, summary, report.to_csv(table),
                                    report.to_markdown(title, table, top, metric), fig)
     finally:
-        import matplotlib.pyplot as plt
+        from ..plots import close
 
-        plt.close(fig)
+        close(fig)
 
 
 def finish(w: Worker, status: str) -> None:

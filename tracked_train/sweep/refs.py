@@ -42,7 +42,7 @@ def trials(study: str, output_dir: Path, store: Any = None) -> list[tuple[int, s
     """(trial number, compare reference, source) of each trial, in trial order."""
     from ..mlflow.store import Store
     from ..mlflow.sweep import TRIAL_TAG, find_sweep
-    from ..mlflow.tracker import spool_run_id
+    from ..run_folder import tracked_run_id
 
     store = store or Store()
     found: list[tuple[int, str, str]] = []
@@ -57,7 +57,7 @@ def trials(study: str, output_dir: Path, store: Any = None) -> list[tuple[int, s
             ids.add(r.info.run_id)
             found.append((int(r.data.tags.get(TRIAL_TAG, "0") or 0), f"mlflow:{r.info.run_id}", "mlflow"))
     for number, d in _local_trials(study, output_dir):
-        if spool_run_id(d / "mlflow") not in ids:
+        if tracked_run_id(d, "mlflow") not in ids:
             found.append((number, str(d), "local"))
     if not found:
         raise UserError(f"no trials of sweep {study!r}: none in MLflow at {store.where} (tag tracked_train.sweep) "

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from typing import Any
+
+from ..render import csv_text, markdown_table, plain_table
 
 # Optuna user attrs a trial carries (set by the worker that ran it).
 RUN_ATTR, RUN_DIR_ATTR, MLFLOW_ATTR = "run_name", "run_dir", "mlflow_run_id"
@@ -63,12 +63,10 @@ def _cell(v: Any) -> str:
 
 
 def to_csv(table: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if table:
-        w = csv.DictWriter(buf, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
-    return buf.getvalue()
+    if not table:
+        return ""
+    cols = list(table[0])
+    return csv_text([cols, *([r[c] for c in cols] for r in table)], lineterminator="\r\n")
 
 
 def _columns(table: list[dict[str, Any]]) -> list[str]:
@@ -84,8 +82,7 @@ def to_markdown(title: str, table: list[dict[str, Any]], top: dict[str, Any] | N
         lines += [f"**Best:** trial {top['number']} ({top['run']}), {metric} **{top['value']:.4f}**: {shown}", ""]
     cols = _columns(table)
     if cols:
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in table[:MAX_NOTE_ROWS]]
+        lines += markdown_table(cols, [[_cell(r[c]) for c in cols] for r in table[:MAX_NOTE_ROWS]])
         if len(table) > MAX_NOTE_ROWS:
             lines.append(f"\n({len(table) - MAX_NOTE_ROWS} more trials in trials.csv)")
     return "\n".join(lines)
@@ -96,38 +93,12 @@ def to_text(table: list[dict[str, Any]]) -> str:
     cols = _columns(table)
     if not cols:
         return ""
-    cells = [cols] + [[_cell(r[c]) for c in cols] for r in table]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    return plain_table(cols, [[_cell(r[c]) for c in cols] for r in table])
 
 
 def figure(title: str, table: list[dict[str, Any]], metric: str = "val/loss", mode: str = "min") -> Any:
-    """The monitored metric of every trial against its number (pruned and failed marked), and the best so far."""
-    import matplotlib
+    """The monitored metric of every trial against its number, and the best so far (:mod:`tracked_train.plots`)."""
+    from ..plots import trials_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    col, sign = column(metric), (-1.0 if mode == "max" else 1.0)
-    styles = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:orange"), "fail": ("s", "tab:gray")}
-    for state, (marker, color) in styles.items():
-        pts = [(r["trial"], r[col]) for r in table
-               if r["state"] == state and r[col] is not None and math.isfinite(r[col])]
-        if pts:
-            ax.scatter(*zip(*pts), marker=marker, color=color, label=f"{state} ({len(pts)})", zorder=3)
-    best, line = sign * math.inf, []
-    for r in table:
-        if r["state"] == "complete" and r[col] is not None and sign * r[col] < sign * best:
-            best = r[col]
-        if math.isfinite(best):
-            line.append((r["trial"], best))
-    if line:
-        ax.step(*zip(*line), where="post", color="tab:green", label="best so far", linewidth=1.5)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"{metric} (best of the trial; last reported if pruned)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    col = column(metric)
+    return trials_figure(title, [(r["trial"], r["state"], r[col]) for r in table], metric, mode)

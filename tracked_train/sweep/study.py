@@ -13,7 +13,6 @@ on a fresh connection until it answers again (up to ``OUTAGE_WAIT_S``).
 from __future__ import annotations
 
 import logging
-import random
 import statistics
 import threading
 import warnings
@@ -70,6 +69,8 @@ def import_optuna() -> Any:
 
 def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None]) -> Any:
     """Optuna's RDB storage with heartbeats; an unreachable or unusable database is bad input (exit 2)."""
+    import tenacity
+
     optuna = import_optuna()
     if url.startswith("sqlite"):
         # Several workers write one file: wait for its lock instead of failing at once (SQLite's 5 s default).
@@ -80,19 +81,22 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None
         # is down waits for it (a first connection that fails is still bad input, below).
         engine = {"pool_pre_ping": True}
         storage_class = _waiting_storage_class(optuna)
-    pause, tries = threading.Event(), STORAGE_TRIES
-    while True:
-        try:
-            return storage_class(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                 grace_period=GRACE_HEARTBEATS * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
-        except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
-            tries -= 1
-            # Workers started together race to create the tables of a new database (a UNIQUE constraint
-            # or "already exists" for the loser): the second try finds them made.
-            if type(e).__name__ not in ("IntegrityError", "OperationalError") or tries == 0:
-                raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check "
-                                "--storage (and that its database driver is installed)") from None
-            pause.wait(0.2 + random.random())
+    # Workers started together race to create the tables of a new database (a UNIQUE constraint or "already
+    # exists" for the loser): the next try finds them made. A random pause keeps the racers apart.
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(STORAGE_TRIES), wait=tenacity.wait_random(0.2, 1.2),
+                                 retry=tenacity.retry_if_exception(_lost_creation_race), reraise=True)
+    try:
+        return retrying(storage_class, url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                        grace_period=GRACE_HEARTBEATS * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
+    except Exception as e:  # noqa: BLE001 - wrong host or password, missing driver, not a database
+        raise UserError(f"cannot open the study storage {strip_userinfo(url)} ({describe(e, 200)}); check "
+                        "--storage (and that its database driver is installed)") from None
+
+
+def _lost_creation_race(e: BaseException) -> bool:
+    """The error of a worker that lost the race to create a new database's tables (by name: it may be
+    SQLAlchemy's or a driver's)."""
+    return isinstance(e, Exception) and type(e).__name__ in ("IntegrityError", "OperationalError")
 
 
 def lost_connection(e: BaseException | None) -> BaseException | None:
@@ -157,25 +161,27 @@ def _waiting_storage_class(optuna: Any) -> type:
 def _wait_through_outage(method: Callable[..., Any], storage: Any, args: tuple, kwargs: dict) -> Any:
     import time
 
-    start, pause, tick, warned = time.monotonic(), 0.1, threading.Event(), False
-    while True:
-        try:
+    import tenacity
+
+    def warn_once(state: tenacity.RetryCallState) -> None:
+        if state.attempt_number == 1:
+            log.warning("sweep: the study's database is unreachable (%s); waiting up to %.0f s for it",
+                        describe(lost_connection(state.outcome.exception()), 200), OUTAGE_WAIT_S)
+
+    # Pauses of 0.1 s doubling to 1 s; an error that is not a lost connection is raised at once, and so is the
+    # last one after OUTAGE_WAIT_S.
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(OUTAGE_WAIT_S), wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, Exception) and lost_connection(e) is not None),
+        before_sleep=warn_once, reraise=True)
+    for attempt in retrying:
+        with attempt:
             result = method(storage, *args, **kwargs)
-        except Exception as e:
-            lost = lost_connection(e)
-            if lost is None or time.monotonic() - start > OUTAGE_WAIT_S:
-                raise
-            if not warned:
-                log.warning("sweep: the study's database is unreachable (%s); waiting up to %.0f s for it",
-                            describe(lost, 200), OUTAGE_WAIT_S)
-                warned = True
-            tick.wait(pause)
-            pause = min(2 * pause, 1.0)
-            continue
-        if warned:
-            storage.recovered_at = time.monotonic()
-            log.warning("sweep: the study's database answers again (after %.1f s)", storage.recovered_at - start)
-        return result
+    state = attempt.retry_state
+    if state.attempt_number > 1:  # it waited, and said so
+        storage.recovered_at = time.monotonic()
+        log.warning("sweep: the study's database answers again (after %.1f s)", storage.recovered_at - state.start_time)
+    return result
 
 
 def heartbeats_trusted(storage: Any) -> bool:

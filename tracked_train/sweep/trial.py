@@ -58,7 +58,7 @@ def job_for(w: Worker, trial: Any) -> tuple[Any, dict[str, str], Path | None]:
 
 def _killed_folder(w: Worker, trial: Any) -> Path | None:
     """The run folder of the killed trial whose params ``trial`` runs again, if it is here and unfinished."""
-    from ..sources import is_run_folder
+    from ..run_folder import is_run_folder
     from ..trackers import jsonl
     from . import report
 
@@ -151,12 +151,12 @@ def _last_stop(run_dir: Path) -> dict | None:
 
 def tell(w: Worker, trial: Any, outcome: str, value: float | None, run_dir: Path, detail: str | None,
           reason: str | None = None) -> None:
-    from ..mlflow.tracker import spool_run_id
+    from ..run_folder import tracked_run_id
     from . import report
 
     S = w.optuna.trial.TrialState
     try:
-        run_id = spool_run_id(run_dir / "mlflow")
+        run_id = tracked_run_id(run_dir, "mlflow")
         if run_id:
             trial.set_user_attr(report.MLFLOW_ATTR, run_id)
         trial.set_user_attr(report.REASON_ATTR, reason or ("interrupted" if outcome == "interrupted" else "failed"))

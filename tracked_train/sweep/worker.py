@@ -188,9 +188,9 @@ def _on_stale(w: Worker, trial: Any) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     run_dir = trial.user_attrs.get("run_dir")
     if run_id is None and run_dir:
-        from ..mlflow.tracker import spool_run_id
+        from ..run_folder import tracked_run_id
 
-        run_id = spool_run_id(Path(run_dir) / "mlflow")  # the worker died before recording it (same machine)
+        run_id = tracked_run_id(Path(run_dir), "mlflow")  # the worker died before recording it (same machine)
     if run_id is None and w.plan.mlflow_uri and w.parent_id:
         from ..mlflow.sweep import find_trial_run
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,7 +43,7 @@ log = logging.getLogger("tracked_train")
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What a tracker is told at start.
+    """What a tracker is told at start: the run's facts and its own settings, not the whole config.
 
     - a new run: ``continuing`` False, ``start_step`` 0;
     - an exact resume (same config, from ``last``, or a folder with no checkpoint
@@ -52,22 +52,41 @@ class RunInfo:
     - an inexact resume (``--from best``, a changed config): ``continuing`` and
       ``rewind``; the steps after ``start_step`` get new values, so a backend must
       drop what it holds after ``start_step`` or continue in a new run.
+
+    :meth:`of` makes one from a tracked-train config; your own loop's Run passes your config as ``params``.
     """
 
     name: str
     run_dir: Path
-    config: Config
+    # The run's params as trackers show them (W&B's config, TensorBoard's hparams, MLflow's params): flat dotted
+    # names, secrets redacted; tracked-train's config (Config.flat()), or your own loop's config.
+    params: Mapping[str, Any]
     start_step: int = 0  # > 0 when resuming: the checkpoint's step
     resume_state: dict | None = None  # this tracker's state() from the checkpoint
     continuing: bool = False
     rewind: bool = False
-    # The run's params as trackers show them (W&B's config, TensorBoard's hparams); None: ``config.flat()``.
-    # A run of your own loop (tracked_train.Run) has your config here, not tracked-train's.
-    params: dict[str, Any] | None = None
+    experiment: str = "tracked-train"  # tracking.experiment: the experiment / project runs are grouped in
+    required: bool = True  # tracking.required: a tracker that cannot start fails the run (else it catches up)
+    max_steps: int | None = None  # the step the run ends at if nothing stops it first (None: no fixed end)
+    monitor: str = "val/loss"  # the metric the best checkpoint and early stopping follow, and its direction
+    mode: str = "min"
+    patience: int | None = None  # evaluations without improvement that stop the run (None: never)
+    min_delta: float = 0.0  # what counts as an improvement
     settings: Any = None  # the tracker's own Settings instance (tracking.<name>:), set for each tracker at start
+    # Every tracker's own settings as configured (tracking.<name>.<field>), from which ``settings`` is made.
+    tracker_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def shown_params(self) -> dict[str, Any]:
-        return self.config.flat() if self.params is None else self.params
+    @classmethod
+    def of(cls, cfg: Config, name: str, run_dir: Path, params: Mapping[str, Any] | None = None,
+           **more: Any) -> RunInfo:
+        """The facts of a run, read from its config; ``params`` (your own loop's config) replace its keys."""
+        from ..task import monitor_of
+
+        metric, mode = monitor_of(cfg)
+        es = cfg.early_stopping
+        return cls(name, run_dir, cfg.flat() if params is None else params, experiment=cfg.tracking.experiment,
+                   required=cfg.tracking.required, max_steps=cfg.training.max_steps, monitor=metric, mode=mode,
+                   patience=es.patience, min_delta=es.min_delta, tracker_settings=cfg.tracker_args, **more)
 
 
 @dataclass(frozen=True)
@@ -223,7 +242,7 @@ def settings_of(tracker: Any, run: RunInfo) -> Any:
     ``tracking.<name>:`` (a tracker started outside :class:`Trackers`, e.g. to repair a run's ending)."""
     if run.settings is not None:
         return run.settings
-    return getattr(tracker, "Settings", NoSettings)(**run.config.tracker_args.get(tracker.name, {}))
+    return getattr(tracker, "Settings", NoSettings)(**run.tracker_settings.get(tracker.name, {}))
 
 
 class Trackers:

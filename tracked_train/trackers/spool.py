@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import describe
 
@@ -44,6 +44,12 @@ class Blocked(Exception):
 
 class BadEvent(Exception):
     """An event the sink cannot even interpret (an unknown kind, missing fields): quarantine it."""
+
+
+class Event(Protocol):
+    """What a backend spools besides plain dicts: its own typed event, written as one JSON object."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class Spool:
@@ -79,8 +85,8 @@ class Spool:
             if f.read(1) != b"\n":
                 f.write(b"\n")
 
-    def append(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event) + "\n"
+    def append(self, event: Event | dict[str, Any]) -> None:
+        line = json.dumps(event if isinstance(event, dict) else event.to_json()) + "\n"
         with self._lock:
             self._f.write(line)
             self._f.flush()

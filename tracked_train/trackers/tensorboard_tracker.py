@@ -78,7 +78,7 @@ class TensorboardTracker(Tracker):
         # TensorBoard reads a tag's metadata (where the hparams live) from its first event only, so a later
         # segment's would be ignored: the folder's first segment writes them, whether it is a new run or not.
         if not self._earlier:
-            self._writer.file_writer.add_summary(_session_start(run.shown_params()), run.start_step)
+            self._writer.file_writer.add_summary(_session_start(dict(run.params)), run.start_step)
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass  # the same config went in at start (a rewind's new values could not replace it)

@@ -76,8 +76,8 @@ class TrackioTracker(Tracker):
     def start(self, run: RunInfo) -> None:
         trackio = _trackio()
         prev = run.resume_state or {}
-        self._project = prev.get("project") or run.config.tracking.experiment
-        params = redact(run.shown_params())
+        self._project = prev.get("project") or run.experiment
+        params = redact(dict(run.params))
         # trackio reserves keys starting with "_" for its own columns.
         config = {(f"param{k}" if k.startswith("_") else k): v for k, v in params.items()}
         try:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from ..background import Background
 from ..errors import UserError, describe
 from ..redact import redact
-from ..task import monitor_of
 from . import jsonl
 from .base import Outcome, RunInfo, Tracker, settings_of
 from .snapshot import remove, snapshot
@@ -116,7 +115,7 @@ class WandbTracker(Tracker):
                 entity=prev.get("entity") or tc.entity or None,  # None: wandb reads WANDB_ENTITY
                 group=tc.group, tags=list(tc.tags) or None, job_type="train",
                 name=run.name, dir=str(self._folder), settings=settings,
-                config=run.config.to_dict() if run.params is None else _nested(run.params),
+                config=_nested(dict(run.params)),
                 **self._continuation(run, prev.get("run_id")),
             )
         except Exception as e:  # noqa: BLE001 - network, server or auth trouble: bad input, exit 2
@@ -128,7 +127,7 @@ class WandbTracker(Tracker):
         r.define_metric("train/*", step_metric="step")
         r.define_metric("val/*", step_metric="step")
         r.define_metric("train/tokens_seen", step_metric="step", summary="max")  # an x-axis for any metric
-        metric, mode = monitor_of(run.config)  # the monitored metric's summary is its best, in its direction
+        metric, mode = run.monitor, run.mode  # the monitored metric's summary is its best, in its direction
         r.define_metric(metric, step_metric="step", summary=mode)
         if metric != "val/loss":
             r.define_metric("val/loss", step_metric="step", summary="min")

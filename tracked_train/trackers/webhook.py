@@ -30,7 +30,6 @@ from ..background import Background
 from ..early_stopping import Monitor
 from ..errors import UserError
 from ..redact import REDACTED
-from ..task import monitor_of
 from .base import Outcome, RunInfo, Tracker, settings_of
 
 log = logging.getLogger("tracked_train")
@@ -98,8 +97,7 @@ class WebhookTracker(Tracker):
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise UserError(f"webhook URL {_where(url)!r} is not an http(s) URL; use e.g. https://host/path")
         self.url, self.format, self._run = url, tc.format, run.name
-        es = run.config.early_stopping
-        self._monitor = Monitor(*monitor_of(run.config), es.patience, es.min_delta)
+        self._monitor = Monitor(run.monitor, run.mode, run.patience, run.min_delta)
         state = run.resume_state or {}
         if isinstance(state.get("monitor"), dict):
             self._monitor.load_state_dict(state["monitor"])
@@ -107,7 +105,7 @@ class WebhookTracker(Tracker):
             self._monitor.best, self._monitor.best_step = float(state["best_val_loss"]), run.start_step
         self._min_loss = _number(state.get("min_train_loss"))
         self._sender = _Sender(url)
-        max_steps = run.config.training.max_steps
+        max_steps = run.max_steps
         if run.start_step:
             self._post("resume", run.start_step, f"resumed at step {run.start_step} of {max_steps}",
                        max_steps=max_steps, run_dir=str(run.run_dir.resolve()))
