@@ -176,7 +176,7 @@ def test_each_kept_checkpoint_is_a_logged_model_and_the_best_step_comes_first(tm
 def test_the_checkpoints_models_wait_in_the_spool_through_an_outage(tmp_path, mlflow_server, monkeypatch):
     from mlflow import MlflowClient
 
-    from tracked_train.mlflow.tracker import sync
+    from tracked_train.mlflow.sync import sync
     from tracked_train.testing import free_port
 
     monkeypatch.setenv("TRACKED_TRAIN_MLFLOW_FLUSH_TIMEOUT", "0")  # nothing answers: the ending does not wait

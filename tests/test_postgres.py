@@ -239,7 +239,7 @@ def test_killed_worker_trial_is_failed_and_rerun_on_the_other_machine(pg, pg_swe
 
 
 def test_database_restart_mid_sweep_loses_and_duplicates_nothing(pg, pg_mlflow, pg_sweep):
-    from tracked_train.mlflow.tracker import spool_run_id
+    from tracked_train.mlflow.sync import spool_run_id
 
     tmp, killed, restart = pg_sweep
     assert restart["before"] != restart["after"] and None not in restart.values()  # a new postmaster

@@ -119,7 +119,7 @@ def test_two_workers_share_six_trials_and_prune(sweep_dir):
 
 
 def test_killed_worker_trial_is_failed_and_its_params_continue_its_run(mlflow_server, sweep_dir):
-    from tracked_train.mlflow.tracker import spool_run_id
+    from tracked_train.mlflow.sync import spool_run_id
 
     tmp, killed = sweep_dir
     trials = load_study(tmp).get_trials()

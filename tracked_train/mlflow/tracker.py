@@ -37,15 +37,13 @@ from . import ending, system_metrics
 from .client import tracking_uri
 from .events import PARAM_MAX, Create, Delete, End, Event, Inputs, Metrics, Model, Params, Tags, now_ms, readable
 from .sink import MlflowSink, check_holds
-from .sync import FOLDER, archive, drain_previous, spool_run_id, sync
+from .sync import FOLDER, archive, drain_previous, spool_run_id
 from .uploads import Uploads
 
 if TYPE_CHECKING:
     from ..data import DatasetInfo
 
 # Also read from here by earlier callers: the run id of a spool folder, and `tracked-train sync`.
-__all__ = ["MlflowSettings", "MlflowTracker", "spool_run_id", "sync", "system_tags", "ui_link"]
-
 log = logging.getLogger("tracked_train")
 
 PERIODIC = re.compile(r"checkpoints/step-\d+")  # training.keep_checkpoints: each becomes a Logged Model
