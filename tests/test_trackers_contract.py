@@ -183,3 +183,34 @@ def test_a_tracking_key_from_before_the_trackers_sections_still_works_and_says_i
     caplog.clear()
     old = config.from_dict({"task": "lm", "tracking": {"trackers": ["jsonl", "mlflow"], "mlflow_uri": "http://h:1"}})
     assert old.tracker_args["mlflow"]["uri"] == "http://h:1" and not caplog.records
+
+
+def test_a_tracker_is_told_the_runs_facts_not_the_config(tmp_path):
+    cfg = resolve("tracking.experiment=exp-7", "tracking.required=false", "training.max_steps=40",
+                  "early_stopping.monitor=val/accuracy", "early_stopping.mode=max", "early_stopping.patience=2",
+                  "early_stopping.min_delta=0.01", "tracking.pager.token=hunter2")
+    run = RunInfo.of(cfg, "r", tmp_path, start_step=5, resume_state={"x": 1}, continuing=True)
+    assert not hasattr(run, "config")
+    assert (run.experiment, run.required, run.max_steps) == ("exp-7", False, 40)
+    assert (run.monitor, run.mode, run.patience, run.min_delta) == ("val/accuracy", "max", 2, 0.01)
+    assert (run.start_step, run.resume_state, run.continuing, run.rewind) == (5, {"x": 1}, True, False)
+    assert run.params == cfg.flat() and run.params["tracking.pager.token"] == "***"  # shown params: redacted
+    # your own loop's config replaces tracked-train's keys as the params trackers show
+    assert RunInfo.of(cfg, "r", tmp_path, {"opt.lr": 0.1}).params == {"opt.lr": 0.1}
+
+
+def test_a_folders_tracked_runs_come_from_trackers_json_else_the_trackers_own_hook(tmp_path, caplog):
+    from tracked_train.mlflow.sync import STATE
+    from tracked_train.run_folder import TRACKERS_FILE, read_tracker_state, tracked_run_id
+
+    assert tracked_run_id(tmp_path, "mlflow") is None and read_tracker_state(tmp_path) is None  # nothing yet
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / STATE).write_text(json.dumps({"run_id": "from-spool"}))
+    assert tracked_run_id(tmp_path, "mlflow") == "from-spool"  # created after trackers.json (server down at start)
+    (tmp_path / TRACKERS_FILE).write_text(json.dumps({"mlflow": {"run_id": "abc"}, "gone": {"run_id": "g1"}}))
+    assert tracked_run_id(tmp_path, "mlflow") == "abc"
+    assert tracked_run_id(tmp_path, "gone") == "g1"  # a tracker not installed here: trackers.json still says
+    assert tracked_run_id(tmp_path, "jsonl") is None
+    (tmp_path / TRACKERS_FILE).write_text('{"mlflow": {"run_')  # torn
+    assert tracked_run_id(tmp_path, "mlflow") == "from-spool"
+    assert read_tracker_state(tmp_path) is None and "is damaged" in caplog.text
