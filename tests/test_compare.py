@@ -180,3 +180,24 @@ def test_compare_ranks_by_nats_per_char_when_tokenizers_differ():
     # Labels and tables list the keys that matter first, not alphabetically.
     small.params["training.checkpoint_every"] = "100"
     assert list(differing_params([small, big])) == ["training.lr", "tokenizer.vocab_size", "training.checkpoint_every"]
+
+
+def test_one_way_from_a_reference_to_a_runs_history(tmp_path, monkeypatch):
+    """`tracked_train.history` finds a run as `compare` does: a folder, or a name under the output folder."""
+    import tracked_train
+    from tracked_train.errors import UserError
+
+    monkeypatch.chdir(tmp_path)  # the embedded store (absent here) stays absent
+    run_dir = tmp_path / "runs" / "r1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(
+        '{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/loss": 2.0, "val/loss": 2.25}\n')
+    by_path, by_name = tracked_train.history(run_dir), tracked_train.history("r1")
+    assert by_path.equals(by_name) and list(by_path["step"]) == [1, 2]
+    assert list(by_path["train/loss"]) == [2.5, 2.0] and by_path["val/loss"].isna().tolist() == [True, False]
+    (run_dir / "metrics.jsonl").unlink()  # a run with `--tracker null`
+    with pytest.raises(UserError, match="has no metrics.jsonl"):
+        tracked_train.history(run_dir)
+    with pytest.raises(UserError, match="run folder .* does not exist"):
+        tracked_train.history(tmp_path / "nowhere")
+    assert not (tmp_path / "mlflow.db").exists()

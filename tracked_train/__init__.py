@@ -67,12 +67,12 @@ def history(source: str | os.PathLike) -> pandas.DataFrame:
     """The run's metrics: one row per step (a ``step`` column), one column per metric.
 
     Train and validation values of a step share its row; a metric not logged
-    at a step is NaN there. ``source`` is a run folder, ``mlflow:RUN_ID`` or
-    ``runs:/RUN_ID``.
+    at a step is NaN there. ``source`` is a run folder, ``mlflow:RUN_ID``,
+    ``runs:/RUN_ID``, or a run's name (a folder under ``runs/``, else an MLflow run), as `compare` takes.
     """
     import pandas as pd
 
-    from .sources import metric_history
+    from .run_records import metric_history
 
     points = metric_history(os.fspath(source))
     columns = {key: dict(values) for key, values in points.items()}

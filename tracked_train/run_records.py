@@ -1,4 +1,6 @@
-"""Runs as `runs` and `compare` read them, from run folders and the MLflow store, into one :class:`Run`.
+"""Runs as `runs`, `compare`, the sweep report and ``tracked_train.history`` read them, from run folders and the
+MLflow store, into one :class:`Run`: :func:`find` (a reference to a run), :func:`metric_history`, :func:`list_runs`.
+A run's checkpoint is fetched by :mod:`tracked_train.sources`; a folder's own files by :mod:`tracked_train.run_folder`.
 
 Two places hold runs: the MLflow store (``MLFLOW_TRACKING_URI``, else the
 embedded ``sqlite:///mlflow.db`` in the working folder) and the run folders
@@ -167,9 +169,12 @@ def _twin(run_id: str | None, output_dir: Path) -> Run | None:
     return None
 
 
-def _with_history(store: Store, r: Any) -> Run:
-    run = _from_mlflow(r)
-    for key in (*COMPARED_METRICS, TOKENS, *sorted(k for k in r.data.metrics if compared(k))):
+def _with_history(store: Store, run: Run, keys: Sequence[str] | None = None) -> Run:
+    """A server run with its metrics' history (``keys``; None: the compared ones, the tokens and the task's)."""
+    if keys is None:
+        logged = store.get(run.run_id).data.metrics
+        keys = (*COMPARED_METRICS, TOKENS, *sorted(k for k in logged if compared(k)))
+    for key in keys:
         run.history[key] = store.history(run.run_id, key)
     if run.steps is None:  # still running, or killed -9: the last step it logged
         run.steps = max((s for s, _ in run.history.get("train/loss", [])), default=None)
@@ -226,12 +231,13 @@ def list_runs(experiment: str | None, output_dir: Path, store: Store | None = No
     return sorted(server + local, key=lambda r: r.start_time or 0.0, reverse=True)
 
 
-def resolve(ref: str, output_dir: Path, store: Store) -> Run:
-    """A run from a reference: mlflow:ID, runs:/ID, a folder, a name under output_dir, an MLflow id or name."""
+def find(ref: str, output_dir: Path, store: Store) -> Run:
+    """The one way from a reference to a run: mlflow:ID, runs:/ID, a folder, a name under output_dir, an MLflow id
+    or name. A folder's run carries its whole history (metrics.jsonl, read anyway); a server's none yet."""
     from . import sources
 
     if ref.startswith(("mlflow:", "runs:/")):
-        run = _with_history(store, store.get(sources.parse(ref).value))
+        run = _from_mlflow(store.get(sources.parse(ref).value))
         return _with_folder(run, _twin(run.run_id, output_dir))
     path = Path(ref).expanduser()
     if is_run_folder(path):
@@ -243,13 +249,30 @@ def resolve(ref: str, output_dir: Path, store: Store) -> Run:
     if is_run_folder(output_dir / ref):
         return load_local(output_dir / ref)
     found = store.find(ref)
-    if found is not None:
-        found = _with_history(store, found)
-        found = _with_folder(found, _twin(found.run_id, output_dir))
     if found is None:
         raise UserError(f"no run {ref!r}: not a run folder under {output_dir}/ nor an MLflow run name or id at "
                         f"{store.where}; `tracked-train runs` lists them")
-    return found
+    run = _from_mlflow(found)
+    return _with_folder(run, _twin(run.run_id, output_dir))
+
+
+def resolve(ref: str, output_dir: Path, store: Store) -> Run:
+    """:func:`find`, with the history `compare` shows (a server run: the compared metrics)."""
+    run = find(ref, output_dir, store)
+    return _with_history(store, run) if run.source == "mlflow" else run
+
+
+def metric_history(ref: str, output_dir: Path = Path("runs"), store: Store | None = None) -> dict[
+        str, list[tuple[int, float]]]:
+    """Every metric's points ``[(step, value)]`` of the run ``ref`` names (:func:`find`): its folder's
+    metrics.jsonl, else its history on the server."""
+    store = store or Store()
+    run = find(ref, output_dir, store)
+    if run.source == "local":
+        if not (run.run_dir / jsonl.FILENAME).is_file():
+            raise UserError(f"{ref} has no {jsonl.FILENAME} (a run with `--tracker null`): it holds no history")
+        return run.history
+    return _with_history(store, run, sorted(store.get(run.run_id).data.metrics)).history
 
 
 def resolve_all(refs: Sequence[str], output_dir: Path, store: Store) -> list[Run]:

@@ -129,21 +129,3 @@ def load_model(source: str | Path) -> tuple[Any, Any]:
     """
     model, task = checkpoint.restore_task(init_weights(str(source), None), str(source))
     return model, task.tokenizer if task.cfg.task == "lm" else task
-
-
-def metric_history(source: str) -> dict[str, list[tuple[int, float]]]:
-    """Each metric's points ``[(step, value)]``: a run folder's metrics.jsonl, or an MLflow run's history."""
-    r = parse(source)
-    if r.kind == "local":
-        from .trackers import jsonl
-
-        path = Path(r.value)
-        if not is_run_folder(path) or not (path / jsonl.FILENAME).is_file():
-            raise UserError(f"{source} is not a run folder (no {jsonl.FILENAME}); pass a run folder, "
-                            "mlflow:RUN_ID or runs:/RUN_ID")
-        return jsonl.history(jsonl.read(path / jsonl.FILENAME))
-    from .mlflow.store import Store
-
-    store = Store()
-    run = store.get(r.value)
-    return {key: store.history(r.value, key) for key in sorted(run.data.metrics)}
