@@ -15,6 +15,10 @@ class ConfigError(UserError):
     pass
 
 
+class BadValue(ConfigError):
+    """One key's value is invalid; the message starts with where the value came from (a file, --set...)."""
+
+
 class CheckpointError(UserError):
     pass
 

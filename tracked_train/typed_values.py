@@ -11,7 +11,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import BadValue, ConfigError
 
 
 def describe_type(tp: Any) -> str:
@@ -42,7 +42,7 @@ def coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) 
     given = value
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"{source}: {key}={given!r} is invalid: {why}")
+        return BadValue(f"{source}: {key}={given!r} is invalid: {why}")
 
     if origin in (typing.Union, types.UnionType):  # Optional[X]
         if value is None or value == "":

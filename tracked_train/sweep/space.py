@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import BadValue, ConfigError
 
 KINDS = ("log_uniform", "uniform", "int", "log_int", "choice")
 # Sections no trial may vary: they name the run or where it is recorded, not what it learns.
@@ -177,9 +177,9 @@ def check(space: Space, base: Any) -> None:
         for v in p.extremes():
             try:
                 build([(source, {p.key: v})], base)
-            except ConfigError as e:
-                if str(e).startswith(source):
-                    raise
+            except BadValue:
+                raise  # it names the space's value already
+            except ConfigError as e:  # a rule across keys: say which value of the space broke it
                 raise ConfigError(f"{space.path}: {p.key}={_show(v)} with the base config is invalid ({e}); "
                                   "narrow the space or change the base config") from None
     choices = [p.extremes() for p in space.params]
