@@ -52,13 +52,14 @@ class Run:
     for the CLI.
     ``loss_metric``: the metric whose first and latest values give the run's verdict. ``signals``: False
     leaves SIGINT / SIGTERM to a framework that handles them itself (Lightning does); ``should_stop`` then
-    stays False.
+    stays False. ``tracking_here``: False makes this process's tracking calls do nothing (another process of a
+    distributed run tracks it); default: rank 0 of torchrun (``RANK``) tracks.
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
                  trackers: Sequence[str] = ("jsonl",), experiment: str | None = None,
                  mlflow_uri: str | None = None, tracking: Mapping[str, Any] | None = None,
-                 loss_metric: str = "train/loss", signals: bool = True):
+                 loss_metric: str = "train/loss", signals: bool = True, tracking_here: bool | None = None):
         self.run_dir = Path(run_dir)
         self._user_config = dict(config or {})
         self._trackers_given, self._experiment, self._mlflow_uri = list(trackers), experiment, mlflow_uri
@@ -69,7 +70,8 @@ class Run:
         self._trackers: Any = None
         self._lock: Any = None
         self._interrupts: Any = None
-        self._tracking_here = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 tracks for the run
+        # torchrun: rank 0 tracks for the run; a framework that knows its own process index says (tracking_here)
+        self._tracking_here = os.environ.get("RANK", "0") == "0" if tracking_here is None else tracking_here
         self._last_step = 0
         self._best_step: int | None = None
         self._best_val_loss: float | None = None

@@ -192,9 +192,8 @@ class TrackedTrainCallback(TrainerCallback):
         if hasattr(model_config, "to_dict"):
             config["model"] = trackable(model_config.to_dict())
         config.update(self._config)
-        run = Run(self.run_dir, config, **self._run_args)
-        if args.process_index != 0:  # another process of a distributed Trainer: the same calls, tracking nothing
-            run._tracking_here = False
+        # Another process of a distributed Trainer makes the same calls, tracking nothing.
+        run = Run(self.run_dir, config, **self._run_args, tracking_here=args.process_index == 0)
         run.start()
         self.run, self._active, self._last_step = run, True, -1
         return run

@@ -199,9 +199,9 @@ class TrackedTrainLogger(Logger):
     def _open(self) -> Run:
         if self._active and self._run is not None:
             return self._run
-        run = Run(self.run_dir, {**self._hparams, **self._config}, **self._run_args)
-        if rank_zero_only.rank > 0:  # `logger.run` on another DDP rank: the same calls, tracking nothing
-            run._tracking_here = False
+        # `logger.run` on another DDP rank makes the same calls, tracking nothing.
+        run = Run(self.run_dir, {**self._hparams, **self._config}, **self._run_args,
+                  tracking_here=rank_zero_only.rank == 0)
         run.start()
         self._run, self._active, self._best_recorded = run, True, None
         self._last_step = self._saved_step = -1

@@ -67,6 +67,13 @@ def import_optuna() -> Any:
     return optuna
 
 
+def trial_id(storage: Any, study: Any, trial: Any) -> int:
+    """The storage's id of ``trial`` (what heartbeats are recorded under), through Optuna's public storage API:
+    a Trial keeps its id private."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                           trial.number)
+
+
 def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[Any, Any], None]) -> Any:
     """Optuna's RDB storage with heartbeats; an unreachable or unusable database is bad input (exit 2)."""
     import tenacity

@@ -83,12 +83,12 @@ def run_trial(w: Worker, trial: Any, job: tuple[Any, dict[str, str]]) -> str:
     from .. import runner
     from ..console import setup_logging
     from . import report
-    from .study import Heartbeat
+    from .study import Heartbeat, trial_id
 
     cfg, tags, continued = job
     judge = Judge(w, trial)
     run_dir = Path(trial.user_attrs[report.RUN_DIR_ATTR])
-    with Heartbeat(w.storage, trial._trial_id, w.plan.o.heartbeat_s):
+    with Heartbeat(w.storage, trial_id(w.storage, w.study, trial), w.plan.o.heartbeat_s):
         try:
             ended = _continue(continued, judge, tags) if continued else runner.start(cfg, judge=judge, tags=tags)
         except UserError as e:  # this trial's own config or setup: it fails, the study goes on

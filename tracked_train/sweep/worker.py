@@ -167,7 +167,7 @@ def _next_trial(w: Worker) -> Any:
             tick.wait(w.plan.o.heartbeat_s)
             continue
         trial = study.ask()
-        w.storage.record_heartbeat(trial._trial_id)  # from now on a dead worker's trial is noticed
+        w.storage.record_heartbeat(st.trial_id(w.storage, study, trial))  # from now on a dead worker's trial is noticed
         if st.is_surplus(optuna, study, trial, total):
             trial.set_user_attr("stop_reason", "surplus")
             trial.set_user_attr("stop_detail", "Not run: another worker had already started the last trial.")
