@@ -41,14 +41,16 @@ def write_tracker_state(run_dir: Path, trackers: _HasState) -> None:
     os.replace(tmp, run_dir / TRACKERS_FILE)
 
 
-def read_tracker_state(run_dir: Path) -> dict[str, Any] | None:
-    """The tracked runs a folder started (None when it never started any, or the file is damaged)."""
+def read_tracker_state(run_dir: Path, warn: bool = True) -> dict[str, Any] | None:
+    """The tracked runs a folder started (None when it never started any, or the file is damaged: said when
+    ``warn``, as the command acting on it (resume) starts new tracked runs then)."""
     try:
         state = json.loads((Path(run_dir) / TRACKERS_FILE).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        log.warning("%s is damaged; the resumed run starts new tracked runs", Path(run_dir) / TRACKERS_FILE)
+        if warn:
+            log.warning("%s is damaged; the resumed run starts new tracked runs", Path(run_dir) / TRACKERS_FILE)
         return None
     return state if isinstance(state, dict) else None
 
@@ -58,10 +60,7 @@ def tracked_run_id(run_dir: Path, tracker: str) -> str | None:
     from .errors import UserError
     from .trackers.base import tracker_class
 
-    try:  # read quietly: a damaged file is reported by the command that acts on it (resume)
-        state = json.loads((Path(run_dir) / TRACKERS_FILE).read_text()).get(tracker)
-    except (OSError, ValueError, AttributeError):
-        state = None
+    state = (read_tracker_state(run_dir, warn=False) or {}).get(tracker)
     run_id = state.get("run_id") if isinstance(state, dict) else None
     if isinstance(run_id, str) and run_id:
         return run_id

@@ -54,6 +54,7 @@ class Run:
     duration_s: float | None = None
     experiment: str | None = None
     params: dict[str, str] = field(default_factory=dict)
+    metric_keys: tuple[str, ...] = ()  # the metrics a server run holds (its history is read key by key)
     # metric -> [(step, value)], loaded only for `compare`
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -134,7 +135,7 @@ def _from_mlflow(r: Any, experiment: str | None = None) -> Run:
         name=info.run_name or info.run_id, source="mlflow", run_id=info.run_id, status=info.status,
         stop_reason=tags.get("stop_reason"), stop_detail=tags.get("stop_detail"),
         steps=_int(tags.get("stop_step")), best_val_loss=_float(tags.get("best_val_loss")),
-        tokens_seen=r.data.metrics.get(TOKENS),
+        tokens_seen=r.data.metrics.get(TOKENS), metric_keys=tuple(sorted(r.data.metrics)),
         start_time=info.start_time / 1000 if info.start_time else None,
         duration_s=(end - info.start_time) / 1000 if end and info.start_time else None,
         experiment=experiment, params=dict(r.data.params),
@@ -172,8 +173,7 @@ def _twin(run_id: str | None, output_dir: Path) -> Run | None:
 def _with_history(store: Store, run: Run, keys: Sequence[str] | None = None) -> Run:
     """A server run with its metrics' history (``keys``; None: the compared ones, the tokens and the task's)."""
     if keys is None:
-        logged = store.get(run.run_id).data.metrics
-        keys = (*COMPARED_METRICS, TOKENS, *sorted(k for k in logged if compared(k)))
+        keys = (*COMPARED_METRICS, TOKENS, *(k for k in run.metric_keys if compared(k)))
     for key in keys:
         run.history[key] = store.history(run.run_id, key)
     if run.steps is None:  # still running, or killed -9: the last step it logged
@@ -272,7 +272,7 @@ def metric_history(ref: str, output_dir: Path = Path("runs"), store: Store | Non
         if not (run.run_dir / jsonl.FILENAME).is_file():
             raise UserError(f"{ref} has no {jsonl.FILENAME} (a run with `--tracker null`): it holds no history")
         return run.history
-    return _with_history(store, run, sorted(store.get(run.run_id).data.metrics)).history
+    return _with_history(store, run, run.metric_keys).history
 
 
 def resolve_all(refs: Sequence[str], output_dir: Path, store: Store) -> list[Run]:

@@ -261,9 +261,7 @@ class MlflowSink:
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def _figure(self, e: Figure) -> None:
-        import matplotlib.pyplot as plt
-
-        from ..plots import loss_figure
+        from ..plots import close, loss_figure
 
         self._require_run()
         records = [{"step": ev.step, **ev.values} for ev in readable(self.spool.events()) if isinstance(ev, Metrics)]
@@ -271,7 +269,7 @@ class MlflowSink:
         try:
             self.client.log_figure(self.run_id, fig, "loss_curve.png")
         finally:
-            plt.close(fig)
+            close(fig)
 
     def _delete(self, e: Delete) -> None:
         from mlflow.exceptions import MlflowException
